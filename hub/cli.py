@@ -1,0 +1,427 @@
+"""The ``memberhub`` command. Errors print without a traceback unless ``--debug`` is given."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from schemas.errors import HubError
+
+app = typer.Typer(
+    help="MemberHub: one member, one points balance, one tier across every system.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="The hub database.", no_args_is_help=True)
+connectors_app = typer.Typer(help="Source systems: list, check, sync.", no_args_is_help=True)
+mappings_app = typer.Typer(help="Mapping files: validate.", no_args_is_help=True)
+points_app = typer.Typer(help="Points ledger: show, adjust.", no_args_is_help=True)
+sync_app = typer.Typer(help="Write-back: plan (dry run), push.", no_args_is_help=True)
+for sub, name in (
+    (db_app, "db"),
+    (connectors_app, "connectors"),
+    (mappings_app, "mappings"),
+    (points_app, "points"),
+    (sync_app, "sync"),
+):
+    app.add_typer(sub, name=name)
+
+console = Console()
+err = Console(stderr=True)
+State = dict[str, Any]
+_state: State = {"debug": False, "config": None}
+
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="configuration file (memberhub.yaml)")]
+JsonOption = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
+    config: ConfigOption = None,
+) -> None:
+    _state["debug"] = debug
+    _state["config"] = config
+
+
+def _hub():  # type: ignore[no-untyped-def]
+    from hub.service import Hub
+
+    hub = Hub(config_path=_state["config"])
+    hub.upgrade()
+    return hub
+
+
+def _print_json(data: Any) -> None:
+    console.print_json(json.dumps(data, ensure_ascii=False, default=str))
+
+
+@contextmanager
+def _progress(enabled: bool = True):  # type: ignore[no-untyped-def]
+    """A live display of each step's progress; the yielded callback is ``report(step, n)``."""
+    if not enabled or (not sys.stderr.isatty() and os.environ.get("MEMBERHUB_PROGRESS") != "1"):
+        counts: dict[str, int] = {}
+
+        def plain(step: str, n: int) -> None:
+            counts[step] = counts.get(step, 0) + n
+
+        yield plain
+        return
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TextColumn("{task.completed:>8.0f}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def report(step: str, n: int) -> None:
+            if step not in tasks:
+                tasks[step] = bar.add_task(step, total=None)
+            bar.advance(tasks[step], n)
+
+        yield report
+
+
+# ------------------------------------------------------------------------------------- db
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the hub database to the newest schema."""
+    hub = _hub()
+    console.print(f"database is up to date: {_safe_url(hub.database_url)}")
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+# ------------------------------------------------------------------------------------- demo / run
+@app.command()
+def demo(
+    members: Annotated[int, typer.Option(help="people in the simulated chain")] = 300,
+    seed: Annotated[int, typer.Option(help="seed of the generated data")] = 7,
+    as_json: JsonOption = False,
+) -> None:
+    """Start the simulators, run the whole pipeline once on the embedded default, print a summary."""
+    from hub.demo import run_demo
+
+    started = time.perf_counter()
+    with _progress(not as_json) as report:
+        summary = run_demo(members=members, seed=seed, progress=report)
+    summary["seconds"] = round(time.perf_counter() - started, 2)
+    if as_json:
+        _print_json(summary)
+    else:
+        _print_summary(summary)
+    if not summary["success"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def run(as_json: JsonOption = False) -> None:
+    """Run the pipeline once against the configured systems (in-process Dagster, no daemon)."""
+    from orchestration.runner import run_pipeline
+
+    hub = _hub()
+    with _progress(not as_json) as report:
+        figures = run_pipeline(
+            str(_state["config"]) if _state["config"] else None, database_url=hub.database_url, progress=report
+        )
+    summary = {
+        "run": figures,
+        **hub.summary(),
+        "success": figures["_failures"]["success"],
+        "failures": figures["_failures"]["steps"],
+    }
+    if as_json:
+        _print_json(summary)
+    else:
+        _print_summary(summary)
+    if not summary["success"]:
+        raise typer.Exit(1)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    run = summary["run"]
+    table = Table(title="MemberHub 运行摘要 / run summary", show_header=True)
+    table.add_column("source / 来源")
+    table.add_column("pulled this run / 本次拉取", justify="right")
+    table.add_column("new+changed / 新增或变更", justify="right")
+    table.add_column("stored / 已存", justify="right")
+    table.add_column("quarantined / 隔离", justify="right")
+    table.add_column("write-backs sent / 回写", justify="right")
+    for source in sorted(summary["records"] | {k.split("/", 1)[1]: 0 for k in run if k.startswith("raw/")}):
+        raw = run.get(f"raw/{source}", {})
+        wb = run.get(f"writeback/{source}", {})
+        table.add_row(
+            source,
+            str(raw.get("pulled", 0)),
+            str(raw.get("new", 0) + raw.get("changed", 0)),
+            str(summary["records"].get(source, 0)),
+            str(summary["quarantined"].get(source, 0)),
+            f"{wb.get('sent', 0)} sent, {wb.get('failed', 0)} failed, {wb.get('skipped', 0)} unchanged",
+        )
+    console.print(table)
+    golden = run.get("golden", {})
+    ledger = run.get("ledger", {})
+    console.print(
+        f"golden members / 会员主记录: [bold]{summary['golden_members']}[/] "
+        f"(from {summary['staged_members']} source members; {summary['in_several_systems']} found in 2+ systems)\n"
+        f"auto-merged this run / 本次自动合并: {golden.get('linked', 0) and golden.get('auto_merged', 0)} records "
+        f"joined another system's record; waiting for review / 待审核: 0\n"
+        f"points posted this run / 本次积分入账: {ledger.get('points', 0)} in {ledger.get('entries', 0)} entries; "
+        f"outstanding / 积分余额合计: {summary['points_outstanding']}\n"
+        "members per tier / 各等级会员: " + ", ".join(f"{k} {v}" for k, v in summary["tiers"].items())
+    )
+    for failure in summary.get("failures", []):
+        err.print(f"[red]failed:[/] {failure}")
+    if "seconds" in summary:
+        console.print(f"took {summary['seconds']} s")
+
+
+@app.command()
+def simulate(
+    systems: Annotated[
+        str, typer.Option(help="comma-separated: shopify,square,hubspot,odoo")
+    ] = "shopify,square,hubspot,odoo",
+    members: Annotated[int, typer.Option(help="people in the simulated chain")] = 300,
+    seed: Annotated[int, typer.Option(help="seed of the generated data")] = 7,
+    port: Annotated[int, typer.Option(help="first port; the others follow (0: any free ports)")] = 8701,
+    state_dir: Annotated[Path | None, typer.Option(help="keep written points and tiers here between runs")] = None,
+) -> None:
+    """Run the simulators in the foreground and print their base URLs (Ctrl-C stops them)."""
+    from connectors.simulators import start_simulators
+
+    cluster = start_simulators(
+        tuple(s.strip() for s in systems.split(",") if s.strip()),
+        members=members,
+        seed=seed,
+        base_port=port,
+        state_dir=state_dir,
+    )
+    for name, url in cluster.base_urls.items():
+        console.print(f"{name:8} {url}")
+    console.print("simulators running; Ctrl-C to stop")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cluster.stop()
+
+
+# ------------------------------------------------------------------------------------- connectors
+@connectors_app.command("list")
+def connectors_list(as_json: JsonOption = False) -> None:
+    """The configured connectors and their cursors."""
+    from hub.ingest import read_cursor
+
+    hub = _hub()
+    rows = []
+    with hub.session() as session:
+        for name, settings in hub.config.connectors.items():
+            connector = hub.connector(name)
+            cursors = {s.name: read_cursor(session, name, s.name) for s in connector.streams}
+            rows.append(
+                {
+                    "name": name,
+                    "kind": settings.kind,
+                    "base_url": settings.base_url,
+                    "enabled": settings.enabled,
+                    "writeback": settings.writeback,
+                    "cursors": cursors,
+                }
+            )
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("name", "kind", "base_url", "enabled", "cursors")
+    for row in rows:
+        table.add_row(
+            row["name"],
+            row["kind"],
+            row["base_url"],
+            str(row["enabled"]),
+            ", ".join(f"{k}: {v or '-'}" for k, v in row["cursors"].items()),
+        )
+    console.print(table)
+
+
+@connectors_app.command("check")
+def connectors_check(name: str, as_json: JsonOption = False) -> None:
+    """Reachability, authentication and a sample read, each step explained."""
+    hub = _hub()
+    with hub.connector(name) as connector:
+        steps = connector.check()
+    if as_json:
+        _print_json([{"step": s.name, "ok": s.ok, "detail": s.detail} for s in steps])
+    else:
+        for step in steps:
+            mark = "[green]ok[/]" if step.ok else "[red]FAILED[/]"
+            console.print(f"{mark} {step.name}: {step.detail}")
+    if not all(s.ok for s in steps):
+        raise typer.Exit(1)
+
+
+@connectors_app.command("sync")
+def connectors_sync(
+    name: str, full: Annotated[bool, typer.Option(help="ignore the cursor")] = False, as_json: JsonOption = False
+) -> None:
+    """Pull one connector's streams into the hub (no mapping or write-back)."""
+    hub = _hub()
+    with _progress(not as_json) as report:
+        counts = hub.sync(name, full=full, progress=report)
+    if as_json:
+        _print_json(counts)
+    else:
+        console.print(
+            f"{name}: pulled {counts['pulled']}, new {counts['new']}, changed {counts['changed']}, "
+            f"unchanged {counts['unchanged']}"
+        )
+
+
+# ------------------------------------------------------------------------------------- mappings
+@mappings_app.command("validate")
+def mappings_validate() -> None:
+    """Parse and check every mapping file; print each problem with its file, line and column."""
+    from mappings import load_mapping, load_stores, mapping_files
+
+    load_stores()
+    problems = 0
+    for path in mapping_files():
+        try:
+            load_mapping(path)
+            console.print(f"[green]ok[/] {path.parent.name}/{path.name}")
+        except HubError as exc:
+            problems += 1
+            console.print(f"[red]error[/] {exc}")
+    if problems:
+        raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------------- points
+@points_app.command("show")
+def points_show(member: str, as_json: JsonOption = False) -> None:
+    """A member's balance and history."""
+    from sqlalchemy import select
+
+    from hub.ledger import balance
+    from hub.resolve import active_member_id
+    from hub.tables import LedgerEntryRow
+
+    hub = _hub()
+    with hub.session() as session:
+        member_id = active_member_id(session, member)
+        entries = list(
+            session.scalars(
+                select(LedgerEntryRow)
+                .where(LedgerEntryRow.member_id == member_id)
+                .order_by(LedgerEntryRow.occurred_at, LedgerEntryRow.id)
+            )
+        )
+        if not entries and member_id == member:
+            from hub.tables import GoldenMember
+
+            if session.scalar(select(GoldenMember).where(GoldenMember.member_id == member)) is None:
+                raise HubError(f"no member {member!r}; golden member ids look like MH00000001")
+        data = {
+            "member_id": member_id,
+            "balance": balance(session, member_id),
+            "history": [
+                {
+                    "at": e.occurred_at.isoformat(),
+                    "kind": e.kind,
+                    "points": e.points,
+                    "store": e.store_code,
+                    "channel": e.channel,
+                    "source": e.source,
+                    "document": e.document,
+                }
+                for e in entries
+            ],
+        }
+    if as_json:
+        _print_json(data)
+        return
+    console.print(f"{data['member_id']}: balance / 积分余额 [bold]{data['balance']}[/]")
+    table = Table("at", "kind", "points", "store", "source", "document")
+    for e in data["history"]:
+        table.add_row(e["at"], e["kind"], str(e["points"]), e["store"] or "-", e["source"], e["document"])
+    console.print(table)
+
+
+# ------------------------------------------------------------------------------------- sync (write-back)
+@sync_app.command("plan")
+def sync_plan(
+    destination: str, as_json: JsonOption = False, sample: Annotated[int, typer.Option(help="updates to show")] = 5
+) -> None:
+    """What a push would send (dry run): counts and a sample."""
+    hub = _hub()
+    plan = hub.plan(destination)
+    data = {
+        "destination": destination,
+        "to_send": len(plan.updates),
+        "unchanged": plan.unchanged,
+        "sample": [
+            {
+                "external_id": u.external_id,
+                "member_id": u.member_id,
+                "points": u.points,
+                "tier": u.tier,
+                "acknowledged_points": u.acknowledged_points,
+            }
+            for u in plan.updates[:sample]
+        ],
+    }
+    if as_json:
+        _print_json(data)
+    else:
+        console.print(f"{destination}: {data['to_send']} to send, {data['unchanged']} unchanged")
+        for row in data["sample"]:
+            console.print(f"  {row['external_id']} ← {row['member_id']}: {row['points']} points, {row['tier']}")
+
+
+@sync_app.command("push")
+def sync_push(destination: str, as_json: JsonOption = False) -> None:
+    """Send the planned write-backs to one destination."""
+    hub = _hub()
+    with _progress(not as_json) as report:
+        counts = hub.push(destination, progress=report)
+    if as_json:
+        _print_json(counts)
+    else:
+        console.print(f"{destination}: sent {counts['sent']}, failed {counts['failed']}, unchanged {counts['skipped']}")
+        for error in counts["errors"][:10]:
+            err.print(f"  [red]{error}[/]")
+    if counts["failed"]:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    try:
+        app()
+    except HubError as exc:
+        if _state["debug"]:
+            raise
+        err.print(f"[red]error:[/] {exc}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""Mappings: YAML files that turn each source stream into canonical records, and their engine."""
+
+from mappings.engine import Mapping, StoreMap, load_mapping, load_mappings, load_stores, mapping_files
+
+__all__ = ["Mapping", "StoreMap", "load_mapping", "load_mappings", "load_stores", "mapping_files"]

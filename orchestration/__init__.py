@@ -1,0 +1,1 @@
+"""Dagster definitions only: thin assets over ``hub/`` and ``connectors/``."""

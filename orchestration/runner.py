@@ -1,0 +1,59 @@
+"""Materialise every asset in-process (no daemon): what ``memberhub run`` and ``memberhub demo`` do."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dagster import DagsterInstance, materialize
+
+from hub.config import hub_home
+from orchestration.definitions import build_definitions
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+
+
+def dagster_instance() -> DagsterInstance:
+    """The persistent instance under DAGSTER_HOME (default .memberhub/dagster), so `dagster dev`
+    shows the runs that the CLI made."""
+    home = Path(os.environ.get("DAGSTER_HOME") or hub_home() / "dagster").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return DagsterInstance.get()
+
+
+def run_pipeline(
+    config_path: str | None,
+    *,
+    database_url: str | None = None,
+    progress: Callable[[str, int], None] | None = None,
+    instance: DagsterInstance | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Run every step once; return each asset's figures (its materialisation metadata) by asset key."""
+    logging.getLogger("dagster").setLevel(logging.ERROR)
+    defs = build_definitions(config_path, database_url, progress)
+    assets = list(defs.assets or [])
+    result = materialize(
+        assets,
+        resources=defs.resources,
+        instance=instance or dagster_instance(),
+        run_config=QUIET,
+        raise_on_error=False,
+    )
+    figures: dict[str, dict[str, Any]] = {}
+    for event in result.get_asset_materialization_events():
+        materialization = event.asset_materialization
+        if materialization is not None:
+            figures[materialization.asset_key.to_user_string()] = {
+                k: v.value for k, v in materialization.metadata.items()
+            }
+    failures = [
+        f"{event.step_key}: {event.event_specific_data.error.message.strip()}"
+        for event in result.all_events
+        if event.is_step_failure and event.event_specific_data is not None
+    ]
+    figures["_failures"] = {"steps": failures, "success": result.success}
+    return figures
