@@ -182,7 +182,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
     console.print(
         f"golden members / 会员主记录: [bold]{summary['golden_members']}[/] "
         f"(from {summary['staged_members']} source members; {summary['in_several_systems']} found in 2+ systems)\n"
-        f"auto-merged this run / 本次自动合并: {golden.get('linked', 0) and golden.get('auto_merged', 0)} records "
+        f"auto-merged this run / 本次自动合并: {golden.get('auto_merged', 0)} records "
         f"joined another system's record; waiting for review / 待审核: 0\n"
         f"points posted this run / 本次积分入账: {ledger.get('points', 0)} in {ledger.get('entries', 0)} entries; "
         f"outstanding / 积分余额合计: {summary['points_outstanding']}\n"

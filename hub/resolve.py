@@ -26,7 +26,7 @@ class ResolveCounts:
     golden: int = 0  # active golden members after this run
     created: int = 0
     linked: int = 0  # staged members newly linked
-    auto_merged: int = 0  # staged members joined to a golden member that already had another record
+    auto_merged: int = 0  # staged members newly joined to another record of the same person
     merged_golden: int = 0  # golden members folded into an older one
 
 
@@ -102,8 +102,8 @@ def resolve(session: Session, *, actor: str = "system") -> ResolveCounts:
                 session.add(link)
                 links[staged_id] = link
                 counts.linked += 1
+                counts.auto_merged += link.rule != "new"
         _survive(survivor, [by_id[i] for i in staged_ids])
-    counts.auto_merged = sum(1 for link in links.values() if link.rule.startswith("exact_"))
     session.flush()
     counts.golden = sum(1 for g in golden.values() if g.status == "active")
     return counts

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from dagster import Definitions, define_asset_job
+from dagster import AssetSelection, Definitions, define_asset_job
 
 from hub.config import load_config
 from orchestration.assets import hub_assets
@@ -20,7 +20,11 @@ def build_definitions(
     assets = hub_assets(config)
     return Definitions(
         assets=assets,
-        jobs=[define_asset_job("sync_all", selection="*", description="Pull, resolve, post, tier, write back.")],
+        jobs=[
+            define_asset_job(
+                "sync_all", selection=AssetSelection.all(), description="Pull, resolve, post, tier, write back."
+            )
+        ],
         resources={
             "hub": HubResource(config_path=config_path, database_url=database_url),
             "progress": progress_resource(progress),
