@@ -47,7 +47,7 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-def upgrade(url: str | None = None, revision: str = "head") -> None:
+def upgrade(url: str | None = None, revision: str = "heads") -> None:
     """Create or migrate the schema (``memberhub db upgrade``)."""
     url = url or default_database_url()
     engine = engine_for(url)
