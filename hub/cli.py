@@ -37,8 +37,8 @@ for sub, name in (
 ):
     app.add_typer(sub, name=name)
 
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 State = dict[str, Any]
 _state: State = {"debug": False, "config": None}
 
@@ -419,7 +419,7 @@ def main() -> None:
     except HubError as exc:
         if _state["debug"]:
             raise
-        err.print(f"[red]error:[/] {exc}")
+        print(f"error: {exc}", file=sys.stderr)  # plain: never wrapped or cut, whatever the terminal
         sys.exit(1)
 
 
