@@ -1,12 +1,32 @@
 """One asset per step of the data flow. Bodies are a line or two: the work lives in ``hub/``."""
 
+from collections.abc import Callable
 from typing import Any
 
-from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, MaterializeResult, RetryPolicy, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    Backoff,
+    Failure,
+    MaterializeResult,
+    RetryPolicy,
+    asset,
+)
 
 from schemas import HubConfig
+from schemas.errors import FatalError
 
-CONNECTOR_RETRY = RetryPolicy(max_retries=2, delay=5)
+CONNECTOR_RETRY = RetryPolicy(max_retries=2, delay=5, backoff=Backoff.EXPONENTIAL)
+"""Whole-step retries for faults that outlived the HTTP client's own retries (an outage)."""
+
+
+def _talk_to(name: str, call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run a step that talks to a system; a fatal fault fails it at once, without step retries."""
+    try:
+        return call()
+    except FatalError as exc:
+        raise Failure(description=f"{name}: {exc}", allow_retries=False) from exc
 
 
 def _result(counts: dict[str, Any]) -> MaterializeResult:
@@ -19,10 +39,12 @@ def raw_asset(name: str) -> AssetsDefinition:
         group_name="raw",
         retry_policy=CONNECTOR_RETRY,
         required_resource_keys={"hub", "progress"},
+        pool=f"api-{name}",
         description=f"Records pulled from {name}, raw.",
     )
     def _raw(context: AssetExecutionContext) -> MaterializeResult:
-        return _result(context.resources.hub.hub().sync(name, progress=context.resources.progress))
+        hub = context.resources.hub.hub()
+        return _result(_talk_to(name, lambda: hub.sync(name, progress=context.resources.progress)))
 
     return _raw
 
@@ -34,10 +56,12 @@ def writeback_asset(name: str) -> AssetsDefinition:
         deps=[AssetKey("tiers")],
         retry_policy=CONNECTOR_RETRY,
         required_resource_keys={"hub", "progress"},
+        pool=f"api-{name}",
         description=f"Points and tiers written back to {name}.",
     )
     def _writeback(context: AssetExecutionContext) -> MaterializeResult:
-        counts = context.resources.hub.hub().push(name, progress=context.resources.progress)
+        hub = context.resources.hub.hub()
+        counts = _talk_to(name, lambda: hub.push(name, progress=context.resources.progress))
         counts["errors"] = len(counts["errors"])
         return _result(counts)
 
