@@ -20,7 +20,7 @@ from schemas import HubConfig
 
 def write_demo_config(path: Path, cluster_configs: dict[str, Any], database_url: str) -> None:
     config = HubConfig(database_url=database_url, connectors=cluster_configs)
-    data = config.model_dump(mode="json", exclude_none=True)
+    data = config.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
     for name, settings in data["connectors"].items():
         settings["token"] = cluster_configs[name].token.get_secret_value()  # simulator tokens only
     path.parent.mkdir(parents=True, exist_ok=True)

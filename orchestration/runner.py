@@ -45,7 +45,7 @@ def run_pipeline(
     )
     figures: dict[str, dict[str, Any]] = {}
     for event in result.get_asset_materialization_events():
-        materialization = event.asset_materialization
+        materialization = event.materialization
         if materialization is not None:
             figures[materialization.asset_key.to_user_string()] = {
                 k: v.value for k, v in materialization.metadata.items()
