@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Collection
 from typing import Any
 
 import httpx
@@ -70,12 +71,23 @@ class ApiClient:
 
     def json(self, method: str, url: str, **kwargs: Any) -> Any:
         """Send a request and decode its JSON body; a truncated or garbled body is retriable."""
+        return self.json_response(method, url, **kwargs)[0]
 
-        def decode() -> Any:
-            response = self._send_once(method, url, **kwargs)
+    def json_response(
+        self, method: str, url: str, *, accept: Collection[int] = (), **kwargs: Any
+    ) -> tuple[Any, httpx.Response]:
+        """Like ``json``, and the response too, for the headers a caller reads (``Link`` paging,
+        rate-limit counters). Statuses in ``accept`` are handed back instead of raised, so a caller
+        can turn one refused row of a batch into that row's failure; their body is ``None`` when it
+        is not JSON. Only statuses a retry cannot fix belong in ``accept``."""
+
+        def decode() -> tuple[Any, httpx.Response]:
+            response = self._send_once(method, url, accept=accept, **kwargs)
             try:
-                return response.json()
+                return response.json(), response
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                if response.status_code >= 400:
+                    return None, response
                 raise RetriableError(
                     f"{self.system}: {method} {url} returned a body that is not valid JSON "
                     f"({len(response.content)} bytes); it was probably cut off"
@@ -95,7 +107,7 @@ class ApiClient:
         )
         return retrying(call)()
 
-    def _send_once(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    def _send_once(self, method: str, url: str, *, accept: Collection[int] = (), **kwargs: Any) -> httpx.Response:
         where = f"{self.system}: {method} {url}"
         try:
             response = self._http.request(method, url, **kwargs)
@@ -105,7 +117,7 @@ class ApiClient:
         except (httpx.TransportError, httpx.RemoteProtocolError) as exc:
             raise RetriableError(f"{where} failed on the network: {exc.__class__.__name__}") from exc
         status = response.status_code
-        if status < 400:
+        if status < 400 or status in accept:
             return response
         body = response.text[:300]
         if status in RETRIABLE_STATUS:

@@ -183,6 +183,7 @@ class Simulator:
 
         class _Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms ACK stall
 
             def log_message(self, format: str, *args: Any) -> None:
                 return
@@ -228,7 +229,9 @@ class Simulator:
 
         self._server = ThreadingHTTPServer((host, port), _Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name=f"sim-{self.system}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"sim-{self.system}", daemon=True
+        )
         self._thread.start()
         self.base_url = f"http://{host}:{self._server.server_address[1]}"
         return self.base_url
