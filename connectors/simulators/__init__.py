@@ -21,6 +21,11 @@ _SIMULATORS = {
     "hubspot": "connectors.simulators.hubspot:HubSpotSimulator",
     "odoo": "connectors.simulators.odoo:OdooSimulator",
 }
+SHOP_PLUS = {"bucket_size": 400, "leak_rate": 20.0}
+"""The simulated chain's shop is on Shopify Plus (a 400-request bucket draining 20 a second, ten times
+the standard plan), as a chain of this size would be; the standard limits stay each simulator's default."""
+OPTIONS: dict[str, dict[str, Any]] = {"shopify": SHOP_PLUS}
+
 TOKENS = {
     "shopify": "shpat_memberhub_simulator",
     "square": "EAAAl_memberhub_simulator",
@@ -83,7 +88,9 @@ def start_simulators(
     simulators: dict[str, Any] = {}
     for offset, system in enumerate(systems):
         module, cls = _SIMULATORS[system].split(":")
-        sim = getattr(import_module(module), cls)(world, token=TOKENS[system], state_dir=state_dir)
+        sim = getattr(import_module(module), cls)(
+            world, token=TOKENS[system], state_dir=state_dir, **OPTIONS.get(system, {})
+        )
         sim.start(base_port + offset if base_port else 0)
         simulators[system] = sim
     return SimulatorCluster(world, simulators)
