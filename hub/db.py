@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cache
 from pathlib import Path
 
 from alembic import command
@@ -18,10 +17,26 @@ from hub.config import default_database_url
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
-@cache
+_ENGINES: dict[str, Engine] = {}
+
+
 def engine_for(url: str | None = None) -> Engine:
-    """One pooled engine per URL. SQLite gets its directory, WAL and enforced foreign keys."""
+    """One pooled engine per URL, kept for the life of the process."""
     url = url or default_database_url()
+    engine = _ENGINES.get(url)
+    if engine is None:
+        engine = _ENGINES[url] = _create_engine(url)
+    return engine
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection this process opened (the tests do it after each test)."""
+    while _ENGINES:
+        _ENGINES.popitem()[1].dispose()
+
+
+def _create_engine(url: str) -> Engine:
+    """SQLite gets its directory, WAL and enforced foreign keys; servers get pre-ping."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":

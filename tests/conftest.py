@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from hub.db import upgrade
+from hub.db import dispose_engines, upgrade
 
 POSTGRES_URL = os.environ.get("MEMBERHUB_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 MARIADB_URL = os.environ.get("MEMBERHUB_TEST_MARIADB", "mysql+pymysql://root@127.0.0.1:3306/test")
@@ -26,6 +26,13 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _close_connections() -> Iterator[None]:
+    """Each test's pooled connections are closed after it, so a long run never exhausts the server."""
+    yield
+    dispose_engines()
+
+
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     schema = f"t_{uuid.uuid4().hex[:12]}"
@@ -36,6 +43,7 @@ def postgres_url() -> Iterator[str]:
     except Exception as exc:  # a missing service is a failure, never a skip
         pytest.fail(f"PostgreSQL at {POSTGRES_URL} is not reachable ({exc}); `make test` starts it")
     yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    dispose_engines()
     with admin.connect() as connection:
         connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
     admin.dispose()
