@@ -13,6 +13,8 @@ _KINDS = {
     "square": "connectors.square:SquareConnector",
     "hubspot": "connectors.hubspot:HubSpotConnector",
     "odoo": "connectors.odoo:OdooConnector",
+    "sql": "connectors.sql:SqlConnector",
+    "spreadsheet": "connectors.spreadsheet:SpreadsheetConnector",
 }
 
 

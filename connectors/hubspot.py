@@ -133,7 +133,11 @@ class HubSpotConnector(Connector):
         self.throttle = Throttle(requests_per_window, window_seconds)
         self._headers = {"Authorization": f"Bearer {config.token.get_secret_value()}"}
         self._client = ApiClient(
-            f"hubspot {name}", config.base_url, headers=self._headers, timeout=config.timeout_seconds
+            f"hubspot {name}",
+            config.base_url,
+            headers=self._headers,
+            timeout=config.timeout_seconds,
+            max_wait=config.max_retry_wait_seconds,
         )
         self._tier_options: list[dict[str, Any]] | None = None
         self._properties_ready = False

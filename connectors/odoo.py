@@ -176,7 +176,9 @@ class OdooConnector(Connector):
         self.database: str = config.database or ""
         self.login: str = config.login or ""
         self._key = config.token.get_secret_value() if config.token else ""
-        self._client = ApiClient(f"odoo {name}", config.base_url, timeout=config.timeout_seconds)
+        self._client = ApiClient(
+            f"odoo {name}", config.base_url, timeout=config.timeout_seconds, max_wait=config.max_retry_wait_seconds
+        )
         self._uid: int | None = None
         self._calls = 0
         self._products: dict[int, dict[str, Any]] = {}

@@ -49,6 +49,7 @@ class ShopifyConnector(Connector):
         self._client = self._make_client(config.timeout_seconds)
 
     def _make_client(self, timeout: float, **options: Any) -> ApiClient:
+        options.setdefault("max_wait", self.config.max_retry_wait_seconds)
         token = self.config.token.get_secret_value() if self.config.token else ""
         return ApiClient(
             self.name,

@@ -45,6 +45,7 @@ class SquareConnector(Connector):
         self._tier_defined = False
 
     def _make_client(self, timeout: float, **options: Any) -> ApiClient:
+        options.setdefault("max_wait", self.config.max_retry_wait_seconds)
         token = self.config.token.get_secret_value() if self.config.token else ""
         return ApiClient(
             self.name,

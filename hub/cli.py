@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from hub.cli_data import mappings_app, quarantine_app
+from hub.cli_points import points_app
 from schemas.errors import HubError
 
 app = typer.Typer(
@@ -24,15 +26,14 @@ app = typer.Typer(
     add_completion=False,
 )
 db_app = typer.Typer(help="The hub database.", no_args_is_help=True)
-connectors_app = typer.Typer(help="Source systems: list, check, sync.", no_args_is_help=True)
-mappings_app = typer.Typer(help="Mapping files: validate.", no_args_is_help=True)
-points_app = typer.Typer(help="Points ledger: show, adjust.", no_args_is_help=True)
+connectors_app = typer.Typer(help="Source systems: list, check, discover, sync.", no_args_is_help=True)
 sync_app = typer.Typer(help="Write-back: plan (dry run), push.", no_args_is_help=True)
 for sub, name in (
     (db_app, "db"),
     (connectors_app, "connectors"),
     (mappings_app, "mappings"),
     (points_app, "points"),
+    (quarantine_app, "quarantine"),
     (sync_app, "sync"),
 ):
     app.add_typer(sub, name=name)
@@ -183,7 +184,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
         f"golden members / 会员主记录: [bold]{summary['golden_members']}[/] "
         f"(from {summary['staged_members']} source members; {summary['in_several_systems']} found in 2+ systems)\n"
         f"auto-merged this run / 本次自动合并: {golden.get('auto_merged', 0)} records "
-        f"joined another system's record; waiting for review / 待审核: 0\n"
+        f"joined another system's record; waiting for review / 待审核: {summary.get('review_open', 0)}\n"
         f"points posted this run / 本次积分入账: {ledger.get('points', 0)} in {ledger.get('entries', 0)} entries; "
         f"outstanding / 积分余额合计: {summary['points_outstanding']}\n"
         "members per tier / 各等级会员: " + ", ".join(f"{k} {v}" for k, v in summary["tiers"].items())
@@ -203,20 +204,37 @@ def simulate(
     seed: Annotated[int, typer.Option(help="seed of the generated data")] = 7,
     port: Annotated[int, typer.Option(help="first port; the others follow (0: any free ports)")] = 8701,
     state_dir: Annotated[Path | None, typer.Option(help="keep written points and tiers here between runs")] = None,
+    faults: Annotated[
+        str,
+        typer.Option(
+            help="faults to inject, SYSTEM:FAULT=VALUE comma-separated, e.g. "
+            "shopify:rate_limit=5,square:errors=3,hubspot:slow_seconds=2 (counts are requests; "
+            "faults: rate_limit, errors, error_status, slow_seconds, slow, slow_by, reset, malformed, expired_token)"
+        ),
+    ] = "",
 ) -> None:
     """Run the simulators in the foreground and print their base URLs (Ctrl-C stops them)."""
-    from connectors.simulators import start_simulators
+    import signal
 
-    cluster = start_simulators(
-        tuple(s.strip() for s in systems.split(",") if s.strip()),
-        members=members,
-        seed=seed,
-        base_port=port,
-        state_dir=state_dir,
-    )
+    from connectors.simulators import start_simulators
+    from connectors.simulators._server import parse_faults
+    from schemas.errors import ConfigError
+
+    chosen = tuple(s.strip() for s in systems.split(",") if s.strip())
+    try:
+        injected = parse_faults(faults, chosen)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    cluster = start_simulators(chosen, members=members, seed=seed, base_port=port, state_dir=state_dir)
+    for name, sim_faults in injected.items():
+        cluster.simulators[name].faults = sim_faults
     for name, url in cluster.base_urls.items():
         console.print(f"{name:8} {url}")
+    for name, sim_faults in injected.items():
+        console.print(f"{name:8} faults: {sim_faults}")
     console.print("simulators running; Ctrl-C to stop")
+    sys.stdout.flush()  # a script reading the URLs from a pipe sees them now
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop cleanly: written state is saved
     try:
         while True:
             time.sleep(3600)
@@ -279,6 +297,28 @@ def connectors_check(name: str, as_json: JsonOption = False) -> None:
         raise typer.Exit(1)
 
 
+@connectors_app.command("discover")
+def connectors_discover(
+    name: str,
+    pages: Annotated[int, typer.Option(min=1, help="pages to sample per stream")] = 1,
+    as_json: JsonOption = False,
+) -> None:
+    """The streams a connector serves and the fields seen in a sample of each: JSON type and an example."""
+    from hub.discover import discover, shorten
+
+    hub = _hub()
+    with hub.connector(name) as connector:
+        found = discover(connector, pages=pages)
+    if as_json:
+        _print_json([stream.as_dict() for stream in found])
+        return
+    for stream in found:
+        table = Table("field", "type", "present", "example", title=f"{name} / {stream.name} ({stream.kind})")
+        for seen in stream.fields:
+            table.add_row(seen.path, "|".join(seen.types), f"{seen.present}/{stream.sampled}", shorten(seen.example))
+        console.print(table)
+
+
 @connectors_app.command("sync")
 def connectors_sync(
     name: str, full: Annotated[bool, typer.Option(help="ignore the cursor")] = False, as_json: JsonOption = False
@@ -294,76 +334,6 @@ def connectors_sync(
             f"{name}: pulled {counts['pulled']}, new {counts['new']}, changed {counts['changed']}, "
             f"unchanged {counts['unchanged']}"
         )
-
-
-# ------------------------------------------------------------------------------------- mappings
-@mappings_app.command("validate")
-def mappings_validate() -> None:
-    """Parse and check every mapping file; print each problem with its file, line and column."""
-    from mappings import load_mapping, load_stores, mapping_files
-
-    load_stores()
-    problems = 0
-    for path in mapping_files():
-        try:
-            load_mapping(path)
-            console.print(f"[green]ok[/] {path.parent.name}/{path.name}")
-        except HubError as exc:
-            problems += 1
-            console.print(f"[red]error[/] {exc}")
-    if problems:
-        raise typer.Exit(1)
-
-
-# ------------------------------------------------------------------------------------- points
-@points_app.command("show")
-def points_show(member: str, as_json: JsonOption = False) -> None:
-    """A member's balance and history."""
-    from sqlalchemy import select
-
-    from hub.ledger import balance
-    from hub.resolve import active_member_id
-    from hub.tables import LedgerEntryRow
-
-    hub = _hub()
-    with hub.session() as session:
-        member_id = active_member_id(session, member)
-        entries = list(
-            session.scalars(
-                select(LedgerEntryRow)
-                .where(LedgerEntryRow.member_id == member_id)
-                .order_by(LedgerEntryRow.occurred_at, LedgerEntryRow.id)
-            )
-        )
-        if not entries and member_id == member:
-            from hub.tables import GoldenMember
-
-            if session.scalar(select(GoldenMember).where(GoldenMember.member_id == member)) is None:
-                raise HubError(f"no member {member!r}; golden member ids look like MH00000001")
-        data = {
-            "member_id": member_id,
-            "balance": balance(session, member_id),
-            "history": [
-                {
-                    "at": e.occurred_at.isoformat(),
-                    "kind": e.kind,
-                    "points": e.points,
-                    "store": e.store_code,
-                    "channel": e.channel,
-                    "source": e.source,
-                    "document": e.document,
-                }
-                for e in entries
-            ],
-        }
-    if as_json:
-        _print_json(data)
-        return
-    console.print(f"{data['member_id']}: balance / 积分余额 [bold]{data['balance']}[/]")
-    table = Table("at", "kind", "points", "store", "source", "document")
-    for e in data["history"]:
-        table.add_row(e["at"], e["kind"], str(e["points"]), e["store"] or "-", e["source"], e["document"])
-    console.print(table)
 
 
 # ------------------------------------------------------------------------------------- sync (write-back)
@@ -411,6 +381,11 @@ def sync_push(destination: str, as_json: JsonOption = False) -> None:
             err.print(f"  [red]{error}[/]")
     if counts["failed"]:
         raise typer.Exit(1)
+
+
+from hub.cli_match import match_command  # noqa: E402 - registered here, defined beside
+
+app.command("match")(match_command)
 
 
 def main() -> None:

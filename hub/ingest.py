@@ -7,10 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import insert, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from connectors import Connector, Page
+from hub import quarantine
 from hub.tables import ConnectorState, SourceRecordRow, utcnow
 from schemas import content_hash
 
@@ -25,6 +26,7 @@ class SyncCounts:
     new: int = 0
     changed: int = 0
     unchanged: int = 0
+    quarantined: int = 0  # not a JSON object, or no usable id: kept in quarantine, not stored
     streams: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: SyncCounts) -> None:
@@ -32,6 +34,7 @@ class SyncCounts:
         self.new += other.new
         self.changed += other.changed
         self.unchanged += other.unchanged
+        self.quarantined += other.quarantined
         for name, count in other.streams.items():
             self.streams[name] = self.streams.get(name, 0) + count
 
@@ -54,39 +57,48 @@ def _since(cursor: str | None, lookback: timedelta) -> str | None:
 def store_page(session: Session, source: str, stream: str, id_field: str, page: Page) -> SyncCounts:
     """Upsert one page's records by (source, stream, external id) and move the cursor with them."""
     counts = SyncCounts(pulled=len(page.records))
-    by_id = {str(record[id_field]): record for record in page.records}
+    # A record that is not a JSON object or has no usable id is quarantined, not a crash.
+    by_id, counts.quarantined = quarantine.split_page(session, source, stream, id_field, page.records)
+    # Only the columns the comparison needs, and plain INSERT/UPDATE statements in bulk: building an
+    # ORM object per record cost more than reading the records over HTTP.
     existing = {
-        row.external_id: row
-        for row in session.scalars(
-            select(SourceRecordRow).where(
+        external_id: (row_id, digest)
+        for external_id, row_id, digest in session.execute(
+            select(SourceRecordRow.external_id, SourceRecordRow.id, SourceRecordRow.content_hash).where(
                 tuple_(SourceRecordRow.source, SourceRecordRow.stream) == (source, stream),
                 SourceRecordRow.external_id.in_(list(by_id)),
             )
         )
     }
     now = utcnow()
+    inserts: list[dict[str, object]] = []
+    updates: list[dict[str, object]] = []
     for external_id, record in by_id.items():
         digest = content_hash(record)
-        row = existing.get(external_id)
-        if row is None:
-            session.add(
-                SourceRecordRow(
-                    source=source,
-                    stream=stream,
-                    external_id=external_id,
-                    payload=record,
-                    content_hash=digest,
-                    first_seen_at=now,
-                    last_seen_at=now,
-                )
+        known = existing.get(external_id)
+        if known is None:
+            inserts.append(
+                {
+                    "source": source,
+                    "stream": stream,
+                    "external_id": external_id,
+                    "payload": record,
+                    "content_hash": digest,
+                    "staged_hash": None,
+                    "first_seen_at": now,
+                    "last_seen_at": now,
+                }
             )
-            counts.new += 1
-        elif row.content_hash != digest:
-            row.payload, row.content_hash, row.last_seen_at = record, digest, now
-            counts.changed += 1
+        elif known[1] != digest:
+            updates.append({"id": known[0], "payload": record, "content_hash": digest, "last_seen_at": now})
         else:
             counts.unchanged += 1
-    counts.unchanged += len(page.records) - len(by_id)  # the same record twice on one page
+    if inserts:
+        session.execute(insert(SourceRecordRow), inserts)
+    if updates:
+        session.execute(update(SourceRecordRow), updates)  # by primary key, one executemany
+    counts.new, counts.changed = len(inserts), len(updates)
+    counts.unchanged += len(page.records) - counts.quarantined - len(by_id)  # the same record twice on one page
     if page.cursor is not None:
         state = session.get(ConnectorState, (source, stream))
         if state is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,10 @@ from connectors import Connector, connector_for
 from hub import ingest, ledger, resolve, staging, tiers, writeback
 from hub.config import default_database_url, load_config
 from hub.db import engine_for, upgrade
-from hub.tables import GoldenMember, MemberLink, QuarantineRow, SourceRecordRow, StagedMember
-from mappings import load_mappings
+from hub.tables import GoldenMember, MemberLink, QuarantineRow, ReviewQueueItem, SourceRecordRow, StagedMember
+from mappings import Mapping, load_mappings
 from schemas import HubConfig
+from schemas.config import MAPPED_BY_NAME
 from schemas.errors import ConfigError
 
 Progress = Callable[[str, int], None]
@@ -65,13 +67,23 @@ class Hub:
             )
         return asdict(counts)
 
+    def mapping_sources(self, mappings: dict[tuple[str, str], Mapping]) -> dict[str, str]:
+        """Connector name -> the ``source:`` of its mapping files: the connector's own name when a
+        mapping names it, or when its kind's records are shaped by one deployment (sql, spreadsheet);
+        else its kind (every Shopify shop shares mappings/shopify/)."""
+        named = {source for source, _stream in mappings}
+        return {
+            name: name if name in named or c.kind in MAPPED_BY_NAME else c.kind
+            for name, c in self.config.connectors.items()
+        }
+
     def stage(self, progress: Progress = _quiet) -> dict[str, Any]:
-        kinds = {name: c.kind for name, c in self.config.connectors.items()}
+        mappings = load_mappings()
         with self.session() as session, session.begin():
             counts = staging.stage(
                 session,
-                load_mappings(),
-                kinds,
+                mappings,
+                self.mapping_sources(mappings),
                 region=self.config.programme.default_region,
                 on_batch=lambda n: progress("map", n),
             )
@@ -83,11 +95,36 @@ class Hub:
 
     def post_ledger(self) -> dict[str, Any]:
         with self.session() as session, session.begin():
-            return asdict(ledger.post_orders(session, self.config.programme.points_per_unit))
+            return asdict(ledger.post_orders(session, self.config.programme))
 
     def evaluate_tiers(self) -> dict[str, Any]:
         with self.session() as session, session.begin():
             return asdict(tiers.evaluate(session, self.config.programme))
+
+    # nightly jobs: each idempotent, each in its own transaction; ``now`` defaults to the clock
+    def release_points(self, now: datetime | None = None) -> dict[str, Any]:
+        """Pending points whose return window has ended become spendable."""
+        with self.session() as session, session.begin():
+            return asdict(ledger.release_pending(session, now or datetime.now(UTC)))
+
+    def expire_points(self, now: datetime | None = None) -> dict[str, Any]:
+        """Lots whose validity has ended lapse."""
+        with self.session() as session, session.begin():
+            return asdict(ledger.expire(session, now or datetime.now(UTC)))
+
+    def review_tiers(self, now: datetime | None = None) -> dict[str, Any]:
+        """Upgrades, and once per review period the downgrades and retention checks."""
+        with self.session() as session, session.begin():
+            return asdict(tiers.review_tiers(session, self.config.programme, at=now or datetime.now(UTC)))
+
+    def nightly(self, now: datetime | None = None) -> dict[str, Any]:
+        """Release, then expire, then review tiers — the order a night's run takes."""
+        now = now or datetime.now(UTC)
+        return {
+            "released": self.release_points(now),
+            "expired": self.expire_points(now),
+            "tiers": self.review_tiers(now),
+        }
 
     def push(self, name: str, progress: Progress = _quiet) -> dict[str, Any]:
         with self.connector(name) as connector:
@@ -105,26 +142,19 @@ class Hub:
         """The figures ``memberhub demo`` prints, read from the database."""
         with self.session() as session:
             records = dict(
-                session.execute(select(SourceRecordRow.source, func.count()).group_by(SourceRecordRow.source))
-                .tuples()
-                .all()
+                session.execute(select(SourceRecordRow.source, func.count()).group_by(SourceRecordRow.source)).all()
             )
             quarantined = dict(
-                session.execute(select(QuarantineRow.source, func.count()).group_by(QuarantineRow.source))
-                .tuples()
-                .all()
+                session.execute(select(QuarantineRow.source, func.count()).group_by(QuarantineRow.source)).all()
             )
+            review_open = session.scalar(select(func.count()).where(ReviewQueueItem.status == "open"))
             golden = session.scalar(select(func.count()).where(GoldenMember.status == "active"))
             staged = session.scalar(select(func.count()).select_from(StagedMember))
-            systems_per_member = (
-                session.execute(
-                    select(MemberLink.member_id, func.count(func.distinct(StagedMember.source)))
-                    .join(StagedMember, StagedMember.id == MemberLink.staged_member_id)
-                    .group_by(MemberLink.member_id)
-                )
-                .tuples()
-                .all()
-            )
+            systems_per_member = session.execute(
+                select(MemberLink.member_id, func.count(func.distinct(StagedMember.source)))
+                .join(StagedMember, StagedMember.id == MemberLink.staged_member_id)
+                .group_by(MemberLink.member_id)
+            ).all()
             per_tier: dict[str, int] = {}
             current = tiers.current_tiers(session)
             for member_id in session.scalars(select(GoldenMember.member_id).where(GoldenMember.status == "active")):
@@ -139,6 +169,7 @@ class Hub:
             "quarantined": quarantined,
             "staged_members": staged,
             "golden_members": golden,
+            "review_open": review_open,
             "in_several_systems": sum(v for k, v in overlap.items() if k > 1),
             "points_outstanding": sum(balances.values()),
             "tiers": per_tier,

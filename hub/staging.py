@@ -2,27 +2,71 @@
 
 A record that fails its mapping or validation goes to quarantine with the failing field and a
 readable reason, and never blocks the rest of the batch. Only records whose content changed since
-they were last staged are mapped again.
+they were last staged are mapped again; ``hub.quarantine.retry`` replays quarantined ones.
+
+What quarantines a record, and what only flags a value:
+
+- quarantined: the mapping fails (a cast, an unknown store code), the canonical model rejects the
+  record (no id, a bad email, a naive timestamp), or a field the mapping lists under ``required``
+  is missing or cannot be normalised;
+- flagged (the record is staged, ``flags`` says why a value is missing or raw): a phone that is not
+  a valid number (kept in ``phone_raw``, never guessed), a birthday that cannot be read or is
+  implausible, an unknown gender code, an invalid resident ID number.
+
+Throughput matters (a first load is millions of records): rows are read and written in batches
+with Core statements, and the costly normalisers have fast paths and caches (see
+benchmarks/staging.py for the figures).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import sqlalchemy as sa
 from pydantic import ValidationError
-from sqlalchemy import or_, select
+from sqlalchemy import BigInteger, String, bindparam, column, delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from hub.normalise import email_key, full_name, name_text, phone_e164
-from hub.tables import QuarantineRow, SourceRecordRow, StagedMember, StagedOrder
+from hub.drift import Discovery
+from hub.normalise import (
+    check_birthday,
+    check_email,
+    check_phone,
+    check_resident_id,
+    city_name,
+    gender_code,
+    keyed_hash,
+    name_text,
+    normalise_name,
+    province_of,
+    split_address,
+)
+from hub.tables import QuarantineRow, SourceRecordRow, StagedMember, StagedOrder, utcnow
 from mappings import Mapping
 from schemas import Member, Order
 from schemas.errors import MappingError
 
 BATCH = 2000
+EXTRA_MEMBER_FIELDS = ("resident_id", "address", "province", "district")
+"""Canonical member fields a mapping may fill that are normalised here rather than carried on the
+Member model: the resident ID becomes a keyed hash, the address its province, city and district."""
+
+
+@dataclass(frozen=True)
+class StageOptions:
+    """How values are normalised. ``region``: the default region for phone numbers written without
+    a country code. ``email_rewrite``: mail providers whose dots and plus tags are folded (``"*"``
+    for every provider in ``hub.normalise.EMAIL_PROVIDERS``); off by default. ``day_first``: how to
+    read 02/03/1990 birthdays (None: ambiguous ones are flagged, not guessed). ``family_first``: Latin
+    names given in one field are written family name first."""
+
+    region: str = "CN"
+    email_rewrite: frozenset[str] = frozenset()
+    day_first: bool | None = None
+    family_first: bool = False
 
 
 @dataclass
@@ -31,6 +75,27 @@ class StageCounts:
     orders: int = 0
     quarantined: int = 0
     released: int = 0  # records that left quarantine because they now map cleanly
+    flagged: int = 0  # staged members with at least one value dropped or kept raw
+    failures: dict[str, int] = field(default_factory=dict)  # "source.stream field" -> quarantined this run
+
+
+class Rejected(Exception):
+    """A record that cannot be staged: the failing field (or None) and why."""
+
+    def __init__(self, field: str | None, reason: str) -> None:
+        super().__init__(reason)
+        self.field = field
+        self.reason = reason
+
+
+_RECORD_COLUMNS = (
+    SourceRecordRow.id,
+    SourceRecordRow.source,
+    SourceRecordRow.stream,
+    SourceRecordRow.external_id,
+    SourceRecordRow.payload,
+    SourceRecordRow.content_hash,
+)
 
 
 def stage(
@@ -39,127 +104,335 @@ def stage(
     kinds: dict[str, str],
     *,
     region: str = "CN",
+    options: StageOptions | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> StageCounts:
     """Stage every new or changed source record. ``kinds`` maps connector name -> system kind."""
+    options = options or StageOptions(region=region)
     counts = StageCounts()
+    discovery = Discovery()
     pending = (
-        select(SourceRecordRow)
+        select(*_RECORD_COLUMNS)
         .where(or_(SourceRecordRow.staged_hash.is_(None), SourceRecordRow.staged_hash != SourceRecordRow.content_hash))
         .order_by(SourceRecordRow.id)
     )
+    claims = Claims()
     last_id = 0
     while True:
-        rows = list(session.scalars(pending.where(SourceRecordRow.id > last_id).limit(BATCH)))
+        rows = session.execute(pending.where(SourceRecordRow.id > last_id).limit(BATCH)).all()
         if not rows:
             break
-        batch = _Batch.load(session, [row.id for row in rows])
         for row in rows:
-            mapping = mappings.get((kinds.get(row.source, row.source), row.stream))
-            if mapping is None:
-                _quarantine(session, batch, row, None, f"no mapping for {row.source}.{row.stream}", counts)
-                continue
-            _stage_one(session, batch, row, mapping, region, counts)
+            discovery.observe(row.source, row.stream, row.payload)
+        stage_rows(session, rows, mappings, kinds, options, counts, claims)
         last_id = rows[-1].id
-        session.flush()
         if on_batch:
             on_batch(len(rows))
+    discovery.save(session)
     return counts
 
 
+def stage_records(
+    session: Session,
+    record_ids: Iterable[int],
+    mappings: dict[tuple[str, str], Mapping],
+    kinds: dict[str, str],
+    options: StageOptions | None = None,
+) -> StageCounts:
+    """Stage these source records again, whatever was staged before (``quarantine retry``)."""
+    counts = StageCounts()
+    claims = Claims()
+    ids = sorted(set(record_ids))
+    for start in range(0, len(ids), BATCH):
+        chunk = ids[start : start + BATCH]
+        rows = session.execute(select(*_RECORD_COLUMNS).where(SourceRecordRow.id.in_(chunk))).all()
+        stage_rows(session, rows, mappings, kinds, options or StageOptions(), counts, claims)
+    return counts
+
+
+def stage_rows(
+    session: Session,
+    rows: Sequence[Any],
+    mappings: dict[tuple[str, str], Mapping],
+    kinds: dict[str, str],
+    options: StageOptions,
+    counts: StageCounts,
+    claims: Claims | None = None,
+) -> None:
+    """Map, validate and normalise one batch of source records, then write the results with a
+    handful of statements: staged rows inserted or updated, failures quarantined, fixed records
+    released from quarantine, and each record marked as staged at the version that was read."""
+    ids = [row.id for row in rows]
+    members: dict[int, dict[str, Any]] = {}
+    orders: dict[int, dict[str, Any]] = {}
+    failed: dict[int, tuple[Any, Rejected, Mapping | None]] = {}
+    for row in rows:
+        mapping = mappings.get((kinds.get(row.source, row.source), row.stream))
+        try:
+            if mapping is None:
+                kind = kinds.get(row.source, row.source)
+                raise Rejected(None, f"no mapping for {row.source}.{row.stream}: add mappings/{kind}/{row.stream}.yaml")
+            if not isinstance(row.payload, dict):
+                raise Rejected(None, f"payload is {type(row.payload).__name__}, not a JSON object")
+            if mapping.target == "member":
+                members[row.id] = member_values(mapping, row.payload, row.source, options)
+            else:
+                orders[row.id] = order_values(mapping, row.payload, row.source)
+        except Rejected as exc:
+            failed[row.id] = (row, exc, mapping)
+    claims = claims if claims is not None else Claims()
+    _claim_source_ids(session, members, StagedMember, rows, failed, claims)
+    _claim_source_ids(session, orders, StagedOrder, rows, failed, claims)
+
+    existing_members = _existing(session, StagedMember, ids)
+    existing_orders = _existing(session, StagedOrder, ids)
+    quarantined = _existing(session, QuarantineRow, ids)
+    now = utcnow()
+    _write(session, StagedMember, members, existing_members, now)
+    _write(session, StagedOrder, orders, existing_orders, now)
+    counts.members += len(members)
+    counts.orders += len(orders)
+    counts.flagged += sum(1 for m in members.values() if m["flags"])
+
+    released = [quarantined[i] for i in (*members, *orders) if i in quarantined]
+    if released:
+        session.execute(delete(QuarantineRow).where(QuarantineRow.id.in_(released)))
+        counts.released += len(released)
+    new_entries, changed_entries = [], []
+    for record_id, (row, rejected, mapping) in failed.items():
+        values = {
+            "source": row.source,
+            "stream": row.stream,
+            "external_id": row.external_id,
+            "payload": row.payload,
+            "field": (rejected.field or "")[:64] or None,
+            "reason": rejected.reason,
+            "mapping_hash": mapping.fingerprint if mapping else None,
+            "last_attempt_at": now,
+        }
+        if record_id in quarantined:
+            changed_entries.append({"id": quarantined[record_id], **values})
+        else:
+            new_entries.append({"source_record_id": record_id, "created_at": now, "attempts": 1, **values})
+        key = f"{row.source}.{row.stream} {rejected.field or '(record)'}"
+        counts.failures[key] = counts.failures.get(key, 0) + 1
+    if new_entries:
+        session.execute(insert(QuarantineRow.__table__), new_entries)
+    if changed_entries:
+        session.execute(update(QuarantineRow), changed_entries)
+        ids_again = [e["id"] for e in changed_entries]
+        session.execute(
+            update(QuarantineRow).where(QuarantineRow.id.in_(ids_again)).values(attempts=QuarantineRow.attempts + 1)
+        )
+    counts.quarantined += len(failed)
+    # Marked with the hash that was read: a version stored meanwhile is staged next time.
+    _mark_staged(session, rows)
+    session.flush()
+
+
+def _postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _mark_staged(session: Session, rows: Sequence[Any]) -> None:
+    records = SourceRecordRow.__table__
+    if _postgres(session):  # one UPDATE … FROM (VALUES …) instead of a statement per record
+        for start in range(0, len(rows), 5000):
+            chunk = [(row.id, row.content_hash) for row in rows[start : start + 5000]]
+            hashes = sa.values(column("record_id", BigInteger), column("digest", String), name="hashes").data(chunk)
+            session.execute(
+                update(records).where(records.c.id == hashes.c.record_id).values(staged_hash=hashes.c.digest)
+            )
+        return
+    session.execute(
+        update(records).where(records.c.id == bindparam("record_id")).values(staged_hash=bindparam("digest")),
+        [{"record_id": row.id, "digest": row.content_hash} for row in rows],
+    )
+
+
+def _existing(session: Session, model: Any, ids: list[int]) -> dict[int, int]:
+    """source record id -> primary key of the row already staged (or quarantined) for it."""
+    return dict(session.execute(select(model.source_record_id, model.id).where(model.source_record_id.in_(ids))).all())
+
+
 @dataclass
-class _Batch:
-    """What already exists for a batch of source records, fetched in three queries, not 3 per record."""
+class Claims:
+    """Which source record owns each (source, source_id) among staged rows, as far as this run
+    knows. A source with no staged rows when the run started needs no database lookups: every
+    owner is then one this run staged. (That matters on a first load: without statistics on a
+    freshly filled table PostgreSQL scans it for each lookup, which made staging quadratic.)"""
 
-    members: dict[int, StagedMember]
-    orders: dict[int, StagedOrder]
-    quarantined: dict[int, QuarantineRow]
+    owners: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    empty_at_start: dict[tuple[str, str], bool] = field(default_factory=dict)
 
-    @classmethod
-    def load(cls, session: Session, ids: list[int]) -> _Batch:
-        def by_record(model: Any) -> dict[int, Any]:
-            return {
-                r.source_record_id: r for r in session.scalars(select(model).where(model.source_record_id.in_(ids)))
-            }
-
-        return cls(by_record(StagedMember), by_record(StagedOrder), by_record(QuarantineRow))
+    def was_empty(self, session: Session, model: Any, source: str) -> bool:
+        key = (model.__tablename__, source)
+        if key not in self.empty_at_start:
+            found = session.scalar(select(model.id).where(model.source == source).limit(1))
+            self.empty_at_start[key] = found is None
+        return self.empty_at_start[key]
 
 
-def _stage_one(
-    session: Session, batch: _Batch, row: SourceRecordRow, mapping: Mapping, region: str, counts: StageCounts
+def _claim_source_ids(
+    session: Session,
+    staged: dict[int, dict[str, Any]],
+    model: Any,
+    rows: Sequence[Any],
+    failed: dict[int, tuple[Any, Rejected, Mapping | None]],
+    claims: Claims,
 ) -> None:
+    """(source, source_id) is unique among staged rows. A record whose mapped id is already taken
+    by another source record is quarantined, rather than failing the whole batch on the constraint."""
+    if not staged:
+        return
+    table = model.__tablename__
+    by_id = {row.id: row for row in rows}
+    wanted: dict[str, set[str]] = {}
+    for values in staged.values():
+        key = (table, values["source"], values["source_id"])
+        if key not in claims.owners:
+            wanted.setdefault(values["source"], set()).add(values["source_id"])
+    for source, source_ids in wanted.items():
+        if claims.was_empty(session, model, source):
+            continue
+        ids = sorted(source_ids)
+        for start in range(0, len(ids), 1000):
+            for source_id, record_id in session.execute(
+                select(model.source_id, model.source_record_id).where(
+                    model.source == source, model.source_id.in_(ids[start : start + 1000])
+                )
+            ):
+                claims.owners[(table, source, source_id)] = record_id
+    for record_id in list(staged):
+        source, source_id = staged[record_id]["source"], staged[record_id]["source_id"]
+        owner = claims.owners.setdefault((table, source, source_id), record_id)
+        if owner != record_id:
+            del staged[record_id]
+            failed[record_id] = (
+                by_id[record_id],
+                Rejected("source_id", f"source_id: {source_id!r} is already the id of source record {owner}"),
+                None,
+            )
+
+
+def _write(session: Session, model: Any, staged: dict[int, dict[str, Any]], existing: dict[int, int], now: Any) -> None:
+    inserts, updates = [], []
+    for record_id, values in staged.items():
+        if record_id in existing:
+            updates.append({"id": existing[record_id], **values, "staged_at": now})
+        else:
+            inserts.append({"source_record_id": record_id, **values, "staged_at": now})
+    # Core executemany on the table: the ORM's bulk path would fetch generated keys row by row.
+    if inserts:
+        session.execute(insert(model.__table__), inserts)
+    if updates:
+        session.execute(update(model), updates)
+
+
+# ------------------------------------------------------------------------------ one record
+def _mapped(mapping: Mapping, payload: dict[str, Any]) -> dict[str, Any]:
     try:
-        values = mapping.apply(row.payload)
-        values["source"] = row.source
-        model = Member.model_validate(values) if mapping.target == "member" else Order.model_validate(values)
+        return mapping.apply(payload)
     except MappingError as exc:
-        field = str(exc).split(":", 1)[0]
-        _quarantine(session, batch, row, field, str(exc), counts)
-        return
+        message = str(exc)
+        raise Rejected(message.split(":", 1)[0], message) from exc
+
+
+def _invalid(exc: ValidationError) -> Rejected:
+    errors = exc.errors()
+    first = ".".join(str(p) for p in errors[0]["loc"])
+    reasons = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
+    return Rejected(first, reasons)
+
+
+def member_values(mapping: Mapping, payload: dict[str, Any], source: str, options: StageOptions) -> dict[str, Any]:
+    """The staged_members row for one raw record, or Rejected."""
+    values = _mapped(mapping, payload)
+    values["source"] = source
+    extras = {name: values.pop(name, None) for name in EXTRA_MEMBER_FIELDS}
+    raw_email = values.pop("email", None)
+    raw_birthday = values.pop("birthday", None)
+    raw_gender = values.pop("gender", None)
+    if isinstance(values.get("phone"), int | float | Decimal) and not isinstance(values.get("phone"), bool):
+        values["phone"] = str(values["phone"])
+    try:
+        member = Member.model_validate(values)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        reasons = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        _quarantine(session, batch, row, field, reasons, counts)
-        return
-    if isinstance(model, Member):
-        _upsert(session, batch.members, StagedMember, row, _member_values(model, region))
-        counts.members += 1
-    else:
-        _upsert(session, batch.orders, StagedOrder, row, _order_values(model))
-        counts.orders += 1
-    row.staged_hash = row.content_hash
-    released = batch.quarantined.pop(row.id, None)
-    if released is not None:
-        session.delete(released)
-        counts.released += 1
-
-
-def _quarantine(
-    session: Session, batch: _Batch, row: SourceRecordRow, field: str | None, reason: str, counts: StageCounts
-) -> None:
-    entry = batch.quarantined.get(row.id)
-    if entry is None:
-        entry = batch.quarantined[row.id] = QuarantineRow(source_record_id=row.id, source=row.source, stream=row.stream)
-        session.add(entry)
-    entry.external_id, entry.payload, entry.field, entry.reason = row.external_id, row.payload, field, reason
-    row.staged_hash = row.content_hash  # quarantined is handled; `quarantine retry` stages it again
-    counts.quarantined += 1
-
-
-def _upsert(
-    session: Session, existing_rows: dict[int, Any], model: type, row: SourceRecordRow, values: dict[str, Any]
-) -> None:
-    existing = existing_rows.get(row.id)
-    if existing is None:
-        session.add(model(source_record_id=row.id, **values))
-    else:
-        for key, value in values.items():
-            setattr(existing, key, value)
-
-
-def _member_values(member: Member, region: str) -> dict[str, Any]:
-    return {
+        raise _invalid(exc) from exc
+    flags: dict[str, str] = {}
+    email = check_email(raw_email, rewrite=options.email_rewrite)
+    if email.problem:
+        raise Rejected("email", f"email: {email.problem}")
+    phone = check_phone(member.phone, options.region)
+    if phone.problem:
+        flags["phone"] = phone.problem
+    birthday = check_birthday(raw_birthday, day_first=options.day_first)
+    if birthday.problem:
+        flags["birthday"] = birthday.problem
+    gender = gender_code(raw_gender)
+    if gender.problem:
+        flags["gender"] = gender.problem
+    name = normalise_name(member.family_name, member.given_name, member.full_name, family_first=options.family_first)
+    address = split_address(extras["address"]) if extras["address"] else None
+    city = city_name(member.city) or (address.city if address else None)
+    province = name_text(extras["province"]) or (address.province if address else None) or province_of(city)
+    district = name_text(extras["district"]) or (address.district if address else None)
+    born, sex = birthday.value, gender.value
+    resident_hash = None
+    if extras["resident_id"] not in (None, ""):
+        resident = check_resident_id(extras["resident_id"])
+        if resident.value is None:
+            flags["resident_id"] = resident.problem or "invalid"
+        else:
+            resident_hash = keyed_hash("cn_resident_id", resident.value.number)
+            if born is None and raw_birthday in (None, ""):
+                born = resident.value.birth_date
+            elif born is not None and born != resident.value.birth_date:
+                flags["birthday"] = "differs from the birth date in the resident ID number"
+            sex = sex or resident.value.sex
+    staged = {
         "source": member.source,
         "source_id": member.source_id,
         "channel": member.channel.value,
-        "full_name": full_name(member.family_name, member.given_name, member.full_name),
-        "given_name": name_text(member.given_name),
-        "family_name": name_text(member.family_name),
+        "full_name": name.full,
+        "given_name": name.given,
+        "family_name": name.family,
         "phone_raw": member.phone,
-        "phone": phone_e164(member.phone, region),
-        "email": email_key(member.email),
-        "birthday": member.birthday,
-        "gender": member.gender,
-        "city": name_text(member.city),
+        "phone": phone.value,
+        "email": email.value,
+        "birthday": born,
+        "gender": sex,
+        "city": city,
         "store_code": member.store_code,
         "marketing_consent": member.marketing_consent,
         "created_at": member.created_at,
         "updated_at": member.updated_at,
+        "name_pinyin": name.pinyin,
+        "name_key": name.key,
+        "resident_id_hash": resident_hash,
+        "province": province,
+        "district": district,
+        "flags": flags,
     }
+    for required in mapping.required:
+        column = "resident_id_hash" if required == "resident_id" else required
+        if staged.get(column) in (None, ""):
+            problem = flags.get(required) or "missing"
+            raise Rejected(required, f"{required}: {problem} (required by {mapping.path.name})")
+    return staged
 
 
-def _order_values(order: Order) -> dict[str, Any]:
+def order_values(mapping: Mapping, payload: dict[str, Any], source: str) -> dict[str, Any]:
+    """The staged_orders row for one raw record, or Rejected."""
+    values = _mapped(mapping, payload)
+    values["source"] = source
+    try:
+        order = Order.model_validate(values)
+    except ValidationError as exc:
+        raise _invalid(exc) from exc
+    for required in mapping.required:
+        if values.get(required.split(".")[0]) in (None, ""):
+            raise Rejected(required, f"{required}: missing (required by {mapping.path.name})")
     return {
         "source": order.source,
         "source_id": order.source_id,
@@ -174,3 +447,16 @@ def _order_values(order: Order) -> dict[str, Any]:
         "updated_at": order.updated_at,
         "lines": {"items": [line.model_dump(mode="json") for line in order.lines]},
     }
+
+
+__all__ = [
+    "EXTRA_MEMBER_FIELDS",
+    "Rejected",
+    "StageCounts",
+    "StageOptions",
+    "member_values",
+    "order_values",
+    "stage",
+    "stage_records",
+    "stage_rows",
+]

@@ -132,6 +132,14 @@ class StagedMember(Base):
     created_at: Mapped[datetime | None] = mapped_column()
     updated_at: Mapped[datetime | None] = mapped_column()
     staged_at: Mapped[datetime] = mapped_column(default=utcnow)
+    name_pinyin: Mapped[str | None] = mapped_column(String(200), doc="Chinese names: toneless pinyin, family first")
+    name_key: Mapped[str | None] = mapped_column(String(200), doc="for matching: simplified / folded, nicknames")
+    resident_id_hash: Mapped[str | None] = mapped_column(String(64), index=True, doc="keyed hash; never the number")
+    province: Mapped[str | None] = mapped_column(String(32))
+    district: Mapped[str | None] = mapped_column(String(64))
+    flags: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON, default=dict, doc="field -> why its value was dropped or kept raw (invalid phone, no birth year…)"
+    )
 
 
 class StagedOrder(Base):
@@ -202,7 +210,10 @@ class MemberIdChange(Base):
 
 
 class LedgerEntryRow(Base):
-    """Append-only points movements. The natural key makes every posting idempotent."""
+    """Append-only points movements. The natural key makes every posting idempotent.
+
+    ``points`` is the change to the spendable balance and ``pending_points`` the change to the pending
+    one, so each balance is a plain sum. On PostgreSQL and SQLite a trigger refuses UPDATE and DELETE."""
 
     __tablename__ = "ledger_entries"
     __table_args__ = (UniqueConstraint("source", "document", "kind"),)
@@ -219,6 +230,11 @@ class LedgerEntryRow(Base):
     actor: Mapped[str] = mapped_column(String(64), default="system")
     occurred_at: Mapped[datetime] = mapped_column()
     recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
+    pending_points: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    reason: Mapped[str | None] = mapped_column(Text, doc="an adjustment's reason; the rules behind an earning")
+    ref: Mapped[str | None] = mapped_column(String(160), doc="the document acted on: order reversed, lot expired")
+    available_at: Mapped[datetime | None] = mapped_column(doc="credits: the lot is pending until then")
+    expires_at: Mapped[datetime | None] = mapped_column(doc="credits: the lot lapses then")
 
 
 class TierAssignmentRow(Base):
@@ -232,6 +248,9 @@ class TierAssignmentRow(Base):
     qualifying_amount: Mapped[Decimal] = mapped_column()
     reason: Mapped[str] = mapped_column(String(64), default="evaluation")
     assigned_at: Mapped[datetime] = mapped_column(default=utcnow)
+    previous_tier: Mapped[str | None] = mapped_column(String(32))
+    expires_at: Mapped[datetime | None] = mapped_column(doc="a manual override lapses then")
+    actor: Mapped[str] = mapped_column(String(64), default="system", server_default="system")
 
 
 class ConnectorState(Base):
@@ -259,6 +278,10 @@ class QuarantineRow(Base):
     field: Mapped[str | None] = mapped_column(String(64))
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    payload_hash: Mapped[str | None] = mapped_column(String(64), doc="records that never got an id: one row each")
+    mapping_hash: Mapped[str | None] = mapped_column(String(64), doc="the mapping file version that failed")
+    attempts: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    last_attempt_at: Mapped[datetime | None] = mapped_column()
 
 
 class WritebackState(Base):
@@ -299,3 +322,195 @@ class AuditLog(Base):
     entity_id: Mapped[str] = mapped_column(String(160))
     before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     after: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class PointsAccount(Base):
+    """One row per member: the lock every points movement takes first (SELECT ... FOR UPDATE on
+    PostgreSQL, a write on SQLite), and a cache of the balances that ``ledger.reconcile`` checks
+    against the sums of the ledger."""
+
+    __tablename__ = "points_accounts"
+
+    member_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    balance: Mapped[int] = mapped_column(BigInteger, default=0, doc="spendable; negative is a debt")
+    pending: Mapped[int] = mapped_column(BigInteger, default=0, doc="earned, not yet spendable")
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PointsLot(Base):
+    """Points earned together, with their own expiry and pending state. A credit entry opens a lot;
+    debits draw on lots through allocations. ``remaining`` is a cache of ``points`` plus the lot's
+    allocations. A debt lot (negative) holds a refund's shortfall until later credits pay it."""
+
+    __tablename__ = "points_lots"
+    __table_args__ = (Index("ix_points_lots_member_spend_order", "member_id", "pending", "expires_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    member_id: Mapped[str] = mapped_column(String(16))
+    # Ids of ledger entries and lots, without foreign keys on purpose: a lot is a cache derived from the
+    # append-only entries, FK checks would cost a third of a bulk posting, and ledger.reconcile proves
+    # every lot points at real entries and lots.
+    entry_id: Mapped[int] = mapped_column(BigId, doc="the entry that opened it")
+    origin_entry_id: Mapped[int] = mapped_column(
+        BigId, index=True, doc="the earning it descends from, across merges and splits"
+    )
+    parent_id: Mapped[int | None] = mapped_column(BigId, doc="the lot it was moved from")
+    kind: Mapped[str] = mapped_column(String(12), doc="earn | adjust | debt | transfer")
+    store_code: Mapped[str | None] = mapped_column(String(32), doc="where the points were earned")
+    channel: Mapped[str | None] = mapped_column(String(16))
+    points: Mapped[int] = mapped_column(BigInteger)
+    remaining: Mapped[int] = mapped_column(BigInteger)
+    earned_at: Mapped[datetime] = mapped_column()
+    available_at: Mapped[datetime | None] = mapped_column()
+    pending: Mapped[bool] = mapped_column(Boolean, default=False)
+    expires_at: Mapped[datetime | None] = mapped_column()
+
+
+# Partial indexes: the rows a bulk posting writes (earnings have no ref; a fresh lot has no parent, was
+# opened by its own earning, and may never expire or be pending) skip most of them, so posting stays
+# fast while refunds, moves, splits and the nightly jobs still find their rows.
+Index(
+    "ix_ledger_entries_source_ref",
+    LedgerEntryRow.source,
+    LedgerEntryRow.ref,
+    postgresql_where=LedgerEntryRow.ref.is_not(None),
+    sqlite_where=LedgerEntryRow.ref.is_not(None),
+)
+Index(
+    "ix_points_lots_parent_id",
+    PointsLot.parent_id,
+    postgresql_where=PointsLot.parent_id.is_not(None),
+    sqlite_where=PointsLot.parent_id.is_not(None),
+)
+Index(
+    "ix_points_lots_entry_id",
+    PointsLot.entry_id,
+    postgresql_where=PointsLot.entry_id != PointsLot.origin_entry_id,
+    sqlite_where=PointsLot.entry_id != PointsLot.origin_entry_id,
+)
+Index(  # BRIN on PostgreSQL: expiry follows the order lots are written in, and BRIN costs a bulk load ~nothing
+    "ix_points_lots_expires_at",
+    PointsLot.expires_at,
+    postgresql_using="brin",
+    sqlite_where=PointsLot.expires_at.is_not(None),
+)
+Index(
+    "ix_points_lots_available_at",
+    PointsLot.available_at,
+    postgresql_where=PointsLot.pending,
+    sqlite_where=PointsLot.pending,
+)
+
+
+class PointsAllocation(Base):
+    """Append-only: how many points an entry took from (negative) or gave back to (positive) a lot."""
+
+    __tablename__ = "points_allocations"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    entry_id: Mapped[int] = mapped_column(ForeignKey("ledger_entries.id"), index=True)
+    lot_id: Mapped[int] = mapped_column(ForeignKey("points_lots.id"), index=True)
+    points: Mapped[int] = mapped_column(BigInteger)
+
+
+class TierReview(Base):
+    """One downgrade review per period (e.g. 2025-04): re-running a review in the same period changes nothing."""
+
+    __tablename__ = "tier_reviews"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    period: Mapped[str] = mapped_column(String(16), unique=True)
+    reviewed_at: Mapped[datetime] = mapped_column()
+    downgraded: Mapped[int] = mapped_column(Integer, default=0)
+    retained: Mapped[int] = mapped_column(Integer, default=0)
+    per_tier: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class StreamField(Base):
+    """A field path seen in a source stream's raw records, per JSON type (discovery). Mapping
+    validation checks expressions against these; drift (a field appearing, disappearing or
+    changing type) is computed from them by ``hub.drift``. Nested objects are dotted paths, items
+    of a list of objects ``name[].field``; the row with path ``$`` counts the stream's records."""
+
+    __tablename__ = "stream_fields"
+    __table_args__ = (UniqueConstraint("connector", "stream", "path", "json_type"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    connector: Mapped[str] = mapped_column(String(64))
+    stream: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(String(255))
+    json_type: Mapped[str] = mapped_column(String(8), doc="string | number | boolean | object | array | null")
+    first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    record_count: Mapped[int] = mapped_column(BigInteger, default=0, doc="record versions that had it")
+    last_seen_seq: Mapped[int] = mapped_column(BigInteger, default=0, doc="the stream's record count when last seen")
+    accepted: Mapped[bool] = mapped_column(Boolean, default=True, doc="part of the known schema; False: drift")
+
+
+class ReviewQueueItem(Base):
+    """A pair of source members the resolver is unsure about (待审核), with the evidence, until a
+    steward merges, rejects or defers it. ``staged_member_a`` < ``staged_member_b``."""
+
+    __tablename__ = "review_queue"
+    __table_args__ = (
+        UniqueConstraint("staged_member_a", "staged_member_b"),
+        Index("ix_review_queue_status", "status", "probability"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    staged_member_a: Mapped[int] = mapped_column(ForeignKey("staged_members.id"))
+    staged_member_b: Mapped[int] = mapped_column(ForeignKey("staged_members.id"))
+    weight: Mapped[float] = mapped_column(doc="match weight in bits")
+    probability: Mapped[float] = mapped_column()
+    evidence: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(12), default="open", doc="open|merged|rejected|deferred|obsolete")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    decided_by: Mapped[str | None] = mapped_column(String(64))
+    decided_at: Mapped[datetime | None] = mapped_column()
+    note: Mapped[str | None] = mapped_column(Text)
+
+
+class MatchConstraint(Base):
+    """A steward's decision about two source members, honoured by every later run: ``must_link``
+    (one person) or ``cannot_link`` (different people). ``staged_member_a`` < ``staged_member_b``."""
+
+    __tablename__ = "match_constraints"
+    __table_args__ = (UniqueConstraint("staged_member_a", "staged_member_b"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(12), doc="must_link | cannot_link")
+    staged_member_a: Mapped[int] = mapped_column(ForeignKey("staged_members.id"), index=True)
+    staged_member_b: Mapped[int] = mapped_column(ForeignKey("staged_members.id"), index=True)
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class GoldenFieldPin(Base):
+    """A golden member's field fixed by a steward: survivorship shows this value whatever the sources say."""
+
+    __tablename__ = "golden_field_pins"
+
+    member_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    field: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[str | None] = mapped_column(Text)
+    pinned_by: Mapped[str] = mapped_column(String(64))
+    pinned_at: Mapped[datetime] = mapped_column(default=utcnow)
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class MatchModelRow(Base):
+    """A trained matching model (m/u per comparison level, prior, term-frequency reference). The
+    newest row is the one in use; every run with the same model and data gives the same clusters."""
+
+    __tablename__ = "match_models"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    records: Mapped[int] = mapped_column(BigInteger, default=0)
+    pairs: Mapped[int] = mapped_column(BigInteger, default=0)
+    labelled_pairs: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_by: Mapped[str] = mapped_column(String(64), default="system")

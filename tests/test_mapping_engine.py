@@ -94,7 +94,11 @@ def test_expressions(tmp_path, expression, record, expected):
 @pytest.mark.parametrize(
     ("replace", "by", "message"),
     [
-        ("store('online')", "stor('online')", "m.yaml:7:15: unknown function stor(); did you mean 'store'?"),
+        (
+            "store('online')",
+            "stor('online')",
+            "m.yaml:7:15: store_code: unknown function stor(); did you mean 'store'?",
+        ),
         (
             "  member_source_id:",
             "  member_sorce_id:",

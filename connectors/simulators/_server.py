@@ -3,13 +3,14 @@ fault injection and persistence of the system's state between runs."""
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
@@ -54,6 +55,8 @@ class Faults:
     ``rate_limit``: the next N requests are answered as the system answers over its limit.
     ``errors``: the next N requests get ``error_status`` (500 by default) with the system's body.
     ``slow_seconds``: every request waits this long before answering (past a client's timeout).
+    ``slow``: the next N requests wait ``slow_by`` seconds before answering (a burst of slowness
+    the client should outlast, where ``slow_seconds`` slows everything until switched off).
     ``reset``: the next N requests have their connection closed mid-body.
     ``malformed``: the next N successful responses are cut in half (invalid JSON).
     ``expired_token``: every request is refused as unauthenticated until switched off.
@@ -63,16 +66,73 @@ class Faults:
     errors: int = 0
     error_status: int = 500
     slow_seconds: float = 0.0
+    slow: int = 0
+    slow_by: float = 1.0
     reset: int = 0
     malformed: int = 0
     expired_token: bool = False
 
     def take(self, name: str) -> bool:
-        remaining = getattr(self, name)
-        if remaining > 0:
-            setattr(self, name, remaining - 1)
-            return True
-        return False
+        with _TAKING:  # the server is threaded: two requests must not both take the last one
+            remaining = getattr(self, name)
+            if remaining > 0:
+                setattr(self, name, remaining - 1)
+                return True
+            return False
+
+    def delay(self) -> float:
+        """How long the request being served waits before it is answered."""
+        return max(self.slow_seconds, self.slow_by if self.take("slow") else 0.0)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def set(self, name: str, value: str) -> None:
+        """Set one fault from text, as ``memberhub simulate --faults`` gives it (``rate_limit=5``)."""
+        kind = {f.name: f.type for f in fields(self)}[name]
+        if kind in ("bool", bool):
+            if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(f"{name} takes true or false, not {value!r}")
+            setattr(self, name, value.lower() in ("1", "true", "yes", "on"))
+        elif kind in ("int", int):
+            setattr(self, name, int(value))
+        else:
+            setattr(self, name, float(value))
+
+
+_TAKING = threading.Lock()
+
+
+def parse_faults(spec: str, systems: Sequence[str]) -> dict[str, Faults]:
+    """``"shopify:rate_limit=5,square:errors=3"`` -> one ``Faults`` per system named. An unknown
+    system or fault, or a value of the wrong kind, is a ``ValueError`` that lists the valid choices,
+    the closest first."""
+    parsed: dict[str, Faults] = {}
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        system, colon, setting = item.partition(":")
+        name, equals, value = setting.partition("=")
+        system, name, value = system.strip(), name.strip(), value.strip()
+        if not colon or not equals or not value:
+            raise ValueError(f"fault {item!r} is not SYSTEM:FAULT=VALUE, e.g. shopify:rate_limit=5")
+        if system not in systems:
+            raise ValueError(f"unknown system {system!r} in --faults {item!r}; {_choices(system, systems)}")
+        if name not in Faults.names():
+            raise ValueError(f"unknown fault {name!r} in --faults {item!r}; {_choices(name, Faults.names())}")
+        try:
+            parsed.setdefault(system, Faults()).set(name, value)
+        except ValueError as exc:
+            raise ValueError(f"bad value in --faults {item!r}: {exc}") from None
+    return parsed
+
+
+def _choices(given: str, valid: Sequence[str]) -> str:
+    close = difflib.get_close_matches(given, valid, n=len(valid), cutoff=0.5)
+    ordered = close + [v for v in valid if v not in close]
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"{hint}valid: {', '.join(ordered)}"
 
 
 Handler = Callable[[Request, re.Match[str]], Response]
@@ -95,6 +155,9 @@ class Simulator:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.base_url = ""
+        self.after_request: Callable[[Request, Response], None] | None = None
+        """Called with each request and its answer just before the answer is sent (tests use it to
+        change records or switch faults on between one page and the next)."""
 
     # routing ---------------------------------------------------------------------------------
     def route(self, method: str, pattern: str, handler: Handler) -> None:
@@ -200,13 +263,16 @@ class Simulator:
                     body=body,
                     url=self.path,
                 )
-                if simulator.faults.slow_seconds:
-                    time.sleep(simulator.faults.slow_seconds)
+                delay = simulator.faults.delay()
+                if delay:
+                    time.sleep(delay)
                 try:
                     response = simulator.dispatch(request)
                 except Exception as exc:  # a simulator bug must show, not hang the client
                     response = Response(500, {"error": f"simulator bug: {exc!r}"})
                 simulator.decorate(request, response)
+                if simulator.after_request is not None:
+                    simulator.after_request(request, response)
                 payload = response.encoded()
                 if response.status < 400 and simulator.faults.take("malformed"):
                     payload = payload[: len(payload) // 2]

@@ -118,8 +118,20 @@ _ORDER_SYSTEMS = {"shopify": ("ONLINE",), "square": ("SH01", "SH02", "BJ01", "BJ
 _TYPO_SWAPS = {"伟": "玮", "静": "婧", "丽": "莉", "强": "蔷", "敏": "珉", "军": "君", "杰": "洁", "涛": "韬"}
 
 
-def generate_world(members: int = 200, seed: int = 7, *, systems: tuple[str, ...] = SYSTEMS) -> World:
-    """``members`` people, each held by one to four of ``systems``; the same seed gives the same world."""
+def generate_world(
+    members: int = 200,
+    seed: int = 7,
+    *,
+    systems: tuple[str, ...] = SYSTEMS,
+    difficulty: float = 0.0,
+    orders: bool = True,
+) -> World:
+    """``members`` people, each held by one to four of ``systems``; the same seed gives the same world.
+
+    ``difficulty`` (0 to 1) adds the noise that makes identity resolution hard, on top of the default
+    world and from a random stream of its own, so ``difficulty=0`` is exactly the default output:
+    pinyin-keyboard homophones and typos in names, copies that keep neither phone nor email, shared
+    family phones, mistyped birthdays and emails. ``orders=False`` skips orders (large benchmarks)."""
     rng = random.Random(seed)
     fakers = {"zh_CN": Faker("zh_CN"), "en_US": Faker("en_US")}
     for i, fake in enumerate(fakers.values()):
@@ -130,9 +142,90 @@ def generate_world(members: int = 200, seed: int = 7, *, systems: tuple[str, ...
         held_by = _systems_for(rng, systems)
         for position, system in enumerate(held_by):
             world.members[system].append(_copy(person, system, rng, exact=position == 0))
-            if system in _ORDER_SYSTEMS:
+            if orders and system in _ORDER_SYSTEMS:
                 world.orders[system].extend(_orders(person, system, rng))
+    if difficulty > 0:
+        _harden(world, random.Random(f"harder-{seed}"), min(difficulty, 1.0))
     return world
+
+
+# Characters a pinyin keyboard offers for the same syllable: picking the wrong one is the commonest
+# typo in Chinese names (伟 / 卫 / 维 are all "wei").
+_HOMOPHONES = (
+    "伟卫维玮薇为", "静婧敬靖晶", "丽莉力立俐", "强蔷墙", "敏珉闽", "军君均钧", "杰洁婕捷", "涛韬滔",
+    "芳方芬", "娜纳", "秀修", "英瑛莹", "华桦骅", "明铭鸣", "磊蕾", "洋阳杨", "勇涌咏", "艳燕雁",
+    "玲琳林霖", "平萍苹", "刚钢纲", "辉晖慧", "鹏朋", "飞菲霏", "鑫欣新馨", "波博柏", "斌彬滨",
+    "宇雨玉羽", "浩昊皓", "凯锴楷", "健建剑", "俊骏峻", "帆凡", "旭煦", "宁凝", "龙隆", "超潮",
+    "红宏虹鸿", "霞侠", "梅玫媚", "兰岚蓝", "桂贵", "芳舫", "琴勤", "云芸昀", "莲连", "秀绣",
+    "王汪", "李黎", "张章", "刘柳", "陈晨", "杨阳", "黄皇", "吴伍", "赵召", "周舟", "徐许", "孙荪",
+)  # fmt: skip
+_HOMOPHONE_OF = {ch: group for group in _HOMOPHONES for ch in group}
+
+
+def _homophone(text: str, rng: random.Random) -> str:
+    spots = [i for i, ch in enumerate(text) if ch in _HOMOPHONE_OF]
+    if not spots:
+        return text
+    i = rng.choice(spots)
+    others = [c for c in _HOMOPHONE_OF[text[i]] if c != text[i]]
+    return text[:i] + rng.choice(others) + text[i + 1 :]
+
+
+def _typo(text: str, rng: random.Random) -> str:
+    if len(text) < 3:
+        return text
+    i = rng.randrange(1, len(text) - 1)
+    kind = rng.random()
+    if kind < 0.3:
+        return text[:i] + text[i + 1] + text[i] + text[i + 2 :]  # transposition
+    if kind < 0.6:
+        return text[:i] + text[i + 1 :]  # deletion
+    if kind < 0.8:
+        return text[:i] + text[i] + text[i:]  # doubled letter
+    return text[:i] + rng.choice("aeiourstnl") + text[i + 1 :]  # substitution
+
+
+def _harden(world: World, rng: random.Random, level: float) -> None:
+    """The harder cases, applied to the default world's copies (see ``generate_world``)."""
+    people = {p.person_id: p for p in world.people}
+    copies = [c for system in world.members for c in world.members[system]]
+    first_seen: set[int] = set()
+    # shared family phones: a share of people get a relative's phone on every copy that has one
+    families = list(world.people)
+    rng.shuffle(families)
+    family_phone: dict[int, str] = {}
+    for a, b in zip(families[::2], families[1::2], strict=False):
+        if rng.random() < 0.08 * level and a.locale == b.locale:
+            family_phone[b.person_id] = a.phone
+    for copy in copies:
+        person = people[copy.person_id]
+        faithful = copy.person_id not in first_seen
+        first_seen.add(copy.person_id)
+        if copy.person_id in family_phone and copy.phone is not None and rng.random() < 0.7:
+            copy.phone = family_phone[copy.person_id]
+        if faithful:
+            continue
+        if copy.given_name and rng.random() < 0.25 * level:
+            if person.locale == "zh_CN":
+                copy.given_name = _homophone(copy.given_name, rng)
+            else:
+                copy.given_name = _typo(copy.given_name, rng)
+        if copy.family_name and rng.random() < 0.1 * level:
+            if person.locale == "zh_CN":
+                copy.family_name = _homophone(copy.family_name, rng)
+            else:
+                copy.family_name = _typo(copy.family_name, rng)
+        if rng.random() < 0.15 * level:
+            copy.phone = copy.email = None  # neither contact: only names and birthday are left
+        if copy.email and rng.random() < 0.05 * level:
+            local, _, domain = copy.email.partition("@")
+            copy.email = f"{_typo(local, rng)}@{domain}"
+        if copy.birthday and rng.random() < 0.08 * level:
+            b = copy.birthday
+            if b.day <= 12 and b.day != b.month and rng.random() < 0.5:
+                copy.birthday = b.replace(month=b.day, day=b.month)
+            else:
+                copy.birthday = b.replace(day=min(28, max(1, b.day + rng.choice([-10, -1, 1, 10]))))
 
 
 def _person(pid: int, rng: random.Random, fakers: dict[str, Faker]) -> Person:

@@ -36,8 +36,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
+import httpx
+
 from connectors.simulators._server import Request, Response, Simulator
 from connectors.simulators._world import MemberCopy, World
+from connectors.simulators.webhooks import deliver, hubspot_event, hubspot_webhook
 
 LIST_MAX = 100
 SEARCH_MAX = 200
@@ -108,6 +111,8 @@ class _Invalid(Exception):
 
 class HubSpotSimulator(Simulator):
     system = "hubspot"
+    client_secret = "memberhub-simulator-client-secret"
+    """The app's client secret, which signs the webhooks (v3)."""
 
     def __init__(
         self,
@@ -238,6 +243,21 @@ class HubSpotSimulator(Simulator):
             cid = int(contact_id)
             stamp = _iso(_ms(when)) if when is not None else _now_iso()
             self._store(cid, {**self._props[cid], **properties, "lastmodifieddate": stamp})
+
+    def send_webhook(
+        self,
+        url: str,
+        subscription_type: str,
+        contact_id: int | str,
+        property_name: str | None = None,
+        property_value: str | None = None,
+    ) -> httpx.Response:
+        """Send the webhook HubSpot sends for a change to a contact (a batch of one event), signed v3
+        with ``client_secret``. For ``contact.propertyChange`` the value defaults to the contact's own."""
+        if property_name is not None and property_value is None:
+            property_value = self.contact(contact_id).get(property_name)
+        event = hubspot_event(subscription_type, contact_id, property_name=property_name, property_value=property_value)
+        return deliver(url, hubspot_webhook(self.client_secret, url, [event]))
 
     def contact(self, contact_id: str | int) -> dict[str, str]:
         """Every property a contact holds (for tests)."""

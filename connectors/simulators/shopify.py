@@ -21,8 +21,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import httpx
+
 from connectors.simulators._server import Request, Response, Simulator
 from connectors.simulators._world import EPOCH, PRODUCTS, MemberCopy, OrderCopy, World
+from connectors.simulators.webhooks import deliver, shopify_webhook
 
 API = "/admin/api/2025-01"
 CUSTOMER_BASE = 7_000_000_000_000
@@ -110,6 +113,8 @@ class ShopifySimulator(Simulator):
     the real limits by default; tests lower them to stay fast."""
 
     system = "shopify"
+    webhook_secret = "shpss_memberhub_simulator"
+    """The app's client secret, which signs the webhooks this shop sends."""
 
     def __init__(
         self,
@@ -598,6 +603,24 @@ class ShopifySimulator(Simulator):
                     self.metafields[tier]["value"] if tier else None,
                 )
             return shown
+
+    def touch(self, customer_id: int | str, **fields: Any) -> dict[str, Any]:
+        """Change a customer as a shop admin would (for tests and benchmarks): set ``fields`` and move
+        ``updated_at`` to now. Not kept by ``save``: a restarted simulator shows the generated shop."""
+        with self.lock:
+            customer = self._customers[int(customer_id)]
+            customer.update(fields, updated_at=_stamp(datetime.now(SHOP_TZ)))
+            return customer
+
+    def send_webhook(self, url: str, topic: str, resource: dict[str, Any] | int | str) -> httpx.Response:
+        """Send the webhook Shopify sends for a change, signed with ``webhook_secret``: ``resource``
+        is the customer or order (or its id) as the API now shows it."""
+        if not isinstance(resource, dict):
+            with self.lock:
+                table = self._orders if topic.startswith("orders/") else self._customers
+                resource = dict(table[int(resource)])
+        domain = "memberhub-sim.myshopify.com"
+        return deliver(url, shopify_webhook(self.webhook_secret, topic, resource, shop_domain=domain))
 
     def customers(self) -> list[dict[str, Any]]:
         """Every customer as the API shows it, in id order (for tests)."""

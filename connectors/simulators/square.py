@@ -27,8 +27,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from connectors.simulators._server import Request, Response, Simulator
 from connectors.simulators._world import STORE_BY_CODE, STORES, MemberCopy, OrderCopy, World
+from connectors.simulators.webhooks import deliver, square_webhook
 
 CURRENCY = "CNY"
 STRING_SCHEMA = "https://developer-production-s.squarecdn.com/schemas/v1/common.json#squareup.common.String"
@@ -128,6 +131,9 @@ class SquareSimulator(Simulator):
     with a phone already have a loyalty account from the till, with points from their own orders."""
 
     system = "square"
+    webhook_signature_key = "sq0wss_memberhub_simulator"
+    """The webhook subscription's signature key."""
+    merchant_id = "MLMEMBERHUBSIM"
 
     def __init__(
         self,
@@ -1056,6 +1062,30 @@ class SquareSimulator(Simulator):
                 tier = self.custom_attributes.get(cid, {}).get("loyalty_tier")
                 shown[cid] = (balances.get(cid), tier["value"] if tier else None)
             return shown
+
+    def touch(self, customer_id: str, **fields: Any) -> dict[str, Any]:
+        """Change a customer as someone at the till would (for tests and benchmarks): set ``fields``
+        (those a customer update may change) and move ``updated_at`` to now; the change is kept."""
+        with self.lock:
+            customer = self._existing_customer(customer_id)
+            unknown = sorted(set(fields) - set(UPDATABLE))
+            if unknown:
+                raise ValueError(f"Square customers cannot change {', '.join(unknown)}; updatable: {UPDATABLE}")
+            record = self.customer_changes.setdefault(customer_id, {})
+            record.update(fields)
+            record["version"] = customer["version"] + 1
+            record["updated_at"] = _stamp(datetime.now(UTC))
+            self._apply_customer_change(customer_id, record)
+            return customer
+
+    def send_webhook(self, url: str, event_type: str, obj: dict[str, Any] | str) -> httpx.Response:
+        """Send the event notification Square sends for a change (``customer.updated``, ...), signed
+        with ``webhook_signature_key`` for the subscription's URL, here ``url`` itself."""
+        if not isinstance(obj, dict):
+            with self.lock:
+                obj = dict(self.orders[obj] if event_type.startswith("order.") else self._existing_customer(obj))
+        signed = square_webhook(self.webhook_signature_key, url, event_type, obj, merchant_id=self.merchant_id)
+        return deliver(url, signed)
 
     def customer_list(self) -> list[dict[str, Any]]:
         """Every customer as the API shows it, in creation order (for tests)."""
