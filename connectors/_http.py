@@ -141,4 +141,4 @@ def _hint_or_backoff(state: RetryCallState, max_wait: float) -> float:
     hint = getattr(error, "retry_after", None)
     if hint is not None:
         return min(max_wait, hint)
-    return wait_exponential_jitter(initial=0.2, max=max_wait, jitter=0.5)(state)
+    return wait_exponential_jitter(multiplier=0.2, max=max_wait, jitter=0.5)(state)

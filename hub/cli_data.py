@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from mappings import load_mappings
 from schemas.errors import HubError
 
 mappings_app = typer.Typer(help="Mapping files: validate, preview, drift.", no_args_is_help=True)
@@ -47,7 +48,8 @@ def _hub(*, migrate: bool = True):  # type: ignore[no-untyped-def]
 
 
 def _kinds(hub: Any) -> dict[str, str]:
-    return {name: c.kind for name, c in hub.config.connectors.items()}
+    """Connector name -> the source its mapping files name (the same rule staging uses)."""
+    return hub.mapping_sources(load_mappings())
 
 
 def _actor() -> str:
