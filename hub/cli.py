@@ -160,23 +160,31 @@ def run(as_json: JsonOption = False) -> None:
 def _print_summary(summary: dict[str, Any]) -> None:
     run = summary["run"]
     table = Table(title="MemberHub 运行摘要 / run summary", show_header=True)
-    table.add_column("source / 来源")
-    table.add_column("pulled this run / 本次拉取", justify="right")
-    table.add_column("new+changed / 新增或变更", justify="right")
-    table.add_column("stored / 已存", justify="right")
-    table.add_column("quarantined / 隔离", justify="right")
-    table.add_column("write-backs sent / 回写", justify="right")
+    columns = (
+        "source\n来源",
+        "pulled\n拉取",
+        "new\n新增",
+        "stored\n已存",
+        "quarantined\n隔离",
+        "sent\n回写",
+        "failed\n失败",
+        "same\n未变",
+    )
+    for i, title in enumerate(columns):
+        table.add_column(title, justify="left" if i == 0 else "right")
     for source in sorted(summary["records"] | {k.split("/", 1)[1]: 0 for k in run if k.startswith("raw/")}):
         raw = run.get(f"raw/{source}", {})
         wb = run.get(f"writeback/{source}", {})
-        table.add_row(
-            source,
-            str(raw.get("pulled", 0)),
-            str(raw.get("new", 0) + raw.get("changed", 0)),
-            str(summary["records"].get(source, 0)),
-            str(summary["quarantined"].get(source, 0)),
-            f"{wb.get('sent', 0)} sent, {wb.get('failed', 0)} failed, {wb.get('skipped', 0)} unchanged",
+        figures = (
+            raw.get("pulled", 0),
+            raw.get("new", 0) + raw.get("changed", 0),
+            summary["records"].get(source, 0),
+            summary["quarantined"].get(source, 0),
+            wb.get("sent", 0),
+            wb.get("failed", 0),
+            wb.get("skipped", 0),
         )
+        table.add_row(source, *(str(f) for f in figures))
     console.print(table)
     golden = run.get("golden", {})
     ledger = run.get("ledger", {})
