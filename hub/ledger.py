@@ -345,8 +345,10 @@ def _allocate(session: Session, entry_id: int, moves: Sequence[tuple[int, int]])
         session.execute(
             text(
                 f"WITH moves (lot_id, points) AS (VALUES {values}), "
-                "drawn AS (UPDATE points_lots SET remaining = points_lots.remaining + moves.points "
-                "FROM moves WHERE points_lots.id = moves.lot_id) "
+                # UPDATE ... FROM applies one matching row per lot: sum a lot's moves first
+                "drawn AS (UPDATE points_lots SET remaining = points_lots.remaining + m.points "
+                "FROM (SELECT lot_id, sum(points) AS points FROM moves GROUP BY lot_id) AS m "
+                "WHERE points_lots.id = m.lot_id) "
                 "INSERT INTO points_allocations (entry_id, lot_id, points) SELECT :entry, lot_id, points FROM moves"
             ),
             params,
@@ -438,8 +440,10 @@ def post(session: Session, entry: LedgerEntry, *, now: datetime | None = None) -
             "expire, release_pending), not posted directly"
         )
     digest = _entry_hash(entry)
+    if _already_posted(session, entry, digest):  # a replay: nothing to lock, nothing to write
+        return False
     _lock(session, [entry.member_id])
-    if _already_posted(session, entry, digest):  # checked under the lock: a concurrent twin waits, then sees it
+    if _already_posted(session, entry, digest):  # a concurrent twin held the lock and wrote it
         return False
     now = now or utcnow()
     if entry.kind == EntryKind.earn or (entry.kind == EntryKind.adjust and entry.points >= 0):
@@ -820,8 +824,11 @@ def post_orders(
 
     An order earns once (document ``order:ID``); each later refund state posts one reversal
     (``order:ID/refund:AMOUNT:STATUS``, ``ref`` ``order:ID``) for the part not yet reversed, so
-    re-runs change nothing. New earnings are written in bulk; reversals one by one under the member's
-    lock. Orders are taken in order of time, so caps per day or month are deterministic.
+    re-runs change nothing. New earnings are written in bulk (COPY on PostgreSQL) and only add to
+    balances, so redemptions may run alongside; reversals are posted one by one under the member's
+    lock. Orders are taken in order of time, so caps per day or month are deterministic. Run one
+    ``post_orders`` at a time (the pipeline does): two racing on the same order fail on its natural key
+    and the loser's transaction changes nothing.
     ``programme`` may be a bare points-per-unit rate (the skeleton's signature).
     """
     programme = _programme(programme)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
@@ -85,5 +84,5 @@ class TierAssignment(Canonical):
     assigned_at: AwareDatetime
     reason: str = "evaluation"
     previous_tier: str | None = None
-    expires_at: datetime | None = None
+    expires_at: AwareDatetime | None = Field(default=None, description="a manual override lapses then")
     actor: str = "system"

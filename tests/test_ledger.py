@@ -41,16 +41,6 @@ def sessions(database_url):
     return sessionmaker(engine_for(database_url), expire_on_commit=False)
 
 
-@pytest.fixture(autouse=True)
-def _close_connections(request):
-    """engine_for keeps one pooled engine per URL; each PostgreSQL test has a URL of its own, so its
-    connections are closed here rather than held until the run ends (the server allows 100)."""
-    url = request.getfixturevalue("database_url") if "database_url" in request.fixturenames else None
-    yield
-    if url is not None:
-        engine_for(url).dispose()
-
-
 def entry(member, points, document, *, kind=EntryKind.earn, at=T0, store="SH01", source="pos", **extra):
     return LedgerEntry(
         member_id=member,
@@ -152,11 +142,8 @@ def test_the_database_refuses_to_change_or_delete_ledger_rows(database_url, sess
 
 def test_truncate_is_refused_on_postgresql(postgres_url):
     upgrade(postgres_url)
-    try:
-        with pytest.raises(DBAPIError, match="append-only"), engine_for(postgres_url).begin() as connection:
-            connection.execute(text("TRUNCATE ledger_entries CASCADE"))
-    finally:
-        engine_for(postgres_url).dispose()
+    with pytest.raises(DBAPIError, match="append-only"), engine_for(postgres_url).begin() as connection:
+        connection.execute(text("TRUNCATE ledger_entries CASCADE"))
 
 
 # ------------------------------------------------------------------------------------------- rule 1: idempotency

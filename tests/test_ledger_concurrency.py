@@ -92,8 +92,7 @@ def check(url: str, member: str) -> tuple[int, int]:
 @pytest.fixture
 def migrated_postgres(postgres_url):
     upgrade(postgres_url)
-    yield postgres_url
-    engine_for(postgres_url).dispose()  # one pooled engine per URL: close it, not at the end of the run
+    return postgres_url
 
 
 @pytest.fixture(params=["postgres", "sqlite"])

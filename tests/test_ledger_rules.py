@@ -201,3 +201,14 @@ def test_the_shipped_configuration_keeps_its_meaning():
     assert (programme.points_per_unit, programme.pending_days, programme.expiry.policy) == (1, 0, "never")
     assert (programme.tier_policy.basis, programme.tier_policy.window_days) == ("spend", None)
     assert programme.earn_rules == []
+
+
+def test_the_example_programme_is_valid_and_earns_as_documented():
+    programme = load_config(Path(__file__).resolve().parents[1] / "hub" / "programme.example.yaml").programme
+    rules = EarnRules(programme)
+    singles_day = datetime(2025, 11, 11, 4, tzinfo=UTC)  # a Tuesday in Shanghai
+    assert rules.earn(facts("100", at=singles_day, tier="gold")).points == 240  # 100 × 2 × 1.2
+    assert rules.earn(facts("100", store="ONLINE", at=singles_day)).points == 100  # 100 × 0.5 × 2
+    wednesday = datetime(2025, 11, 12, 4, tzinfo=UTC)
+    assert rules.earn(facts("100", store="BJ01", at=wednesday)).points == 170  # 150 + 20 member-day bonus
+    assert calendar.expires_at(programme, singles_day) == datetime(2026, 12, 31, 16, tzinfo=UTC)

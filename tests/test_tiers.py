@@ -48,16 +48,6 @@ def sessions(database_url):
     return sessionmaker(engine_for(database_url), expire_on_commit=False)
 
 
-@pytest.fixture(autouse=True)
-def _close_connections(request):
-    """engine_for keeps one pooled engine per URL; each PostgreSQL test has a URL of its own, so its
-    connections are closed here rather than held until the run ends (the server allows 100)."""
-    url = request.getfixturevalue("database_url") if "database_url" in request.fixturenames else None
-    yield
-    if url is not None:
-        engine_for(url).dispose()
-
-
 def new_member(session, member_id=None):
     seq = (session.scalar(select(func.max(GoldenMember.seq))) or 0) + 1
     member_id = member_id or f"MH{seq:08d}"
