@@ -14,7 +14,6 @@ from connectors import Connector, WritebackUpdate
 from hub import ledger, tiers
 from hub.tables import GoldenMember, MemberLink, StagedMember, WritebackRun, WritebackState, utcnow
 from schemas import ProgrammeConfig
-from schemas.errors import ConnectorError
 
 
 @dataclass
@@ -113,10 +112,7 @@ def push(
                         counts.errors.append(f"{update.external_id}: {result.error}")
             if on_batch:
                 on_batch(len(batch))
-    except ConnectorError as exc:
-        counts.errors.append(str(exc))
-        raise
-    finally:
+    finally:  # the run is recorded whether it finished or a fatal error stopped it
         with session_factory() as session, session.begin():
             run = session.get(WritebackRun, run_id)
             run.sent, run.failed, run.finished_at = counts.sent, counts.failed, utcnow()

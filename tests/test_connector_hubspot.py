@@ -36,16 +36,14 @@ def simulator(world, **options) -> HubSpotSimulator:
 
 @pytest.fixture
 def sim(world):
-    running = simulator(world)
-    yield running
-    running.stop()
+    with simulator(world) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 def reader(world):
-    running = simulator(world)
-    yield running
-    running.stop()
+    with simulator(world) as running:
+        yield running
 
 
 def connect(sim, *, token=None, page_size=25, **options) -> HubSpotConnector:

@@ -38,16 +38,14 @@ def simulator(world, **options) -> OdooSimulator:
 
 @pytest.fixture
 def sim(world):
-    running = simulator(world)
-    yield running
-    running.stop()
+    with simulator(world) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 def reader(world):
-    running = simulator(world)
-    yield running
-    running.stop()
+    with simulator(world) as running:
+        yield running
 
 
 def connect(sim, *, page_size=40, **changes) -> OdooConnector:

@@ -25,10 +25,8 @@ def world():
 
 @pytest.fixture
 def sim(world):
-    simulator = ShopifySimulator(world, token=TOKENS["shopify"], leak_rate=10_000, retry_after=0.05)
-    simulator.start()
-    yield simulator
-    simulator.stop()
+    with ShopifySimulator(world, token=TOKENS["shopify"], leak_rate=10_000, retry_after=0.05) as simulator:
+        yield simulator
 
 
 def connect(sim, *, token=TOKENS["shopify"], page_size=25) -> ShopifyConnector:

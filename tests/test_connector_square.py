@@ -25,10 +25,8 @@ def world():
 
 @pytest.fixture
 def sim(world):
-    simulator = SquareSimulator(world, token=TOKENS["square"], enrolled_share=0)
-    simulator.start()
-    yield simulator
-    simulator.stop()
+    with SquareSimulator(world, token=TOKENS["square"], enrolled_share=0) as simulator:
+        yield simulator
 
 
 def connect(sim, *, token=TOKENS["square"], page_size=20, locations=None) -> SquareConnector:

@@ -308,3 +308,12 @@ class Simulator:
             self._server.server_close()
             self._server = None
         self.save()
+
+    def __enter__(self) -> Simulator:
+        """``with Simulator(...) as sim``: started on a free port, stopped (and saved) on leaving."""
+        if self._server is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
