@@ -1,0 +1,283 @@
+"""Finding members by what a person at a counter or a desk knows: phone, e-mail, name (Hanzi or
+pinyin), member id or a source system's id. The console's search box, the API's search and the
+tills' lookup all come through here.
+
+Phone and e-mail are looked up in one place, :func:`member_ids_by_contact`: contacts are sealed at
+rest, so the query compares blind indexes (keyed hashes of the normalised value, hub.privacy) on the
+source records, an indexed lookup that never puts a phone number into SQL.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from sqlalchemy import Select, bindparam, func, or_, select, union
+from sqlalchemy.orm import Session
+
+from hub.normalise import email_key, phone_e164
+from hub.privacy import blind_index
+from hub.resolution.text import has_han, pinyin
+from hub.tables import GoldenMember, LedgerEntryRow, MemberIdChange, MemberLink, StagedMember, TierAssignmentRow
+
+_STAGED, _LINKS, _GOLDEN = StagedMember.__table__, MemberLink.__table__, GoldenMember.__table__
+_LEDGER, _TIERS = LedgerEntryRow.__table__, TierAssignmentRow.__table__
+MEMBER_ID = re.compile(r"^MH\d{8}$", re.IGNORECASE)
+_PHONE_LIKE = re.compile(r"^\+?[\d\s().-]{7,20}$")
+_SOURCE_ID = re.compile(r"^(?P<source>[a-z][a-z0-9_-]*):(?P<id>\S+)$")
+
+
+@dataclass(frozen=True)
+class MemberHit:
+    member_id: str
+    full_name: str | None
+    phone: str | None
+    email: str | None
+    matched: str
+    """what the query matched: member_id | redirect | phone | email | source_id | name"""
+
+
+def contact_key(kind: str, raw: str, region: str = "CN") -> str | None:
+    """The blind index a phone (any common writing of it) or an e-mail is stored under, or None when
+    it is not a valid phone or address."""
+    value = phone_e164(raw, region) if kind == "phone" else email_key(raw)
+    return None if value is None else blind_index(kind, value)
+
+
+@cache
+def contact_query(kind: str) -> Select:
+    """Golden member ids holding the contact ``:contact_key`` (a blind index) in any source record: an
+    index lookup, built once (a till's lookup should not pay for building SQL)."""
+    column = {"phone": _STAGED.c.phone_bidx, "email": _STAGED.c.email_bidx}[kind]
+    return (
+        select(_LINKS.c.member_id)
+        .join(_STAGED, _STAGED.c.id == _LINKS.c.staged_member_id)
+        .where(column == bindparam("contact_key"))
+    )
+
+
+def member_ids_by_contact(
+    session: Session, *, phone: str | None = None, email: str | None = None, region: str = "CN"
+) -> list[str]:
+    """Active golden members holding this phone or e-mail in any source record."""
+    found: set[str] = set()
+    for kind, raw in (("phone", phone), ("email", email)):
+        key = None if raw is None else contact_key(kind, raw, region)
+        if key is not None:
+            found.update(session.connection().execute(contact_query(kind), {"contact_key": key}).scalars())
+    return sorted(found)
+
+
+def resolve_member_id(session: Session, member_id: str) -> tuple[str | None, bool]:
+    """(the active id a member id names now, whether it was redirected by a merge or split)."""
+    member_id = member_id.upper()
+    seen: set[str] = set()
+    current = member_id
+    while current not in seen:
+        seen.add(current)
+        row = session.execute(
+            select(GoldenMember.status, GoldenMember.merged_into).where(GoldenMember.member_id == current)
+        ).first()
+        if row is None:
+            return None, False
+        if row.merged_into is None:
+            return current, current != member_id
+        current = row.merged_into
+    return None, False
+
+
+def _by_source_id(session: Session, text: str) -> list[str]:
+    match = _SOURCE_ID.match(text)
+    where = (
+        [StagedMember.source == match["source"], StagedMember.source_id == match["id"]]
+        if match
+        else [StagedMember.source_id == text]
+    )
+    query = select(MemberLink.member_id).join(StagedMember, StagedMember.id == MemberLink.staged_member_id)
+    return sorted(set(session.scalars(query.where(*where))))
+
+
+def _by_name(session: Session, text: str, limit: int) -> list[str]:
+    folded = pinyin(text)
+    staged_pinyin = func.replace(func.coalesce(StagedMember.name_pinyin, ""), " ", "")
+    conditions = [func.lower(StagedMember.full_name).contains(text.lower(), autoescape=True)]
+    if folded and has_han(text):
+        conditions.append(staged_pinyin == folded)  # same reading: 王芳 finds 汪芳 too
+    elif folded:
+        conditions.append(staged_pinyin.startswith(folded, autoescape=True))  # wangf, wang fang
+    staged = (
+        select(MemberLink.member_id)
+        .join(StagedMember, StagedMember.id == MemberLink.staged_member_id)
+        .where(or_(*conditions))
+    )
+    golden = select(GoldenMember.member_id).where(
+        GoldenMember.status == "active", func.lower(GoldenMember.full_name).contains(text.lower(), autoescape=True)
+    )
+    ids = union(staged, golden).subquery()
+    return list(session.scalars(select(ids.c.member_id).order_by(ids.c.member_id).limit(limit)))
+
+
+def find_members(
+    session: Session, query: str, *, limit: int = 50, stores: tuple[str, ...] | None = None, region: str = "CN"
+) -> list[MemberHit]:
+    """Members matching ``query``, best kind of match first. ``stores``: only members of these stores
+    (a clerk's search)."""
+    text = " ".join(query.split())
+    if not text:
+        return []
+    found: dict[str, str] = {}
+
+    def add(ids: list[str], how: str) -> None:
+        for member_id in ids:
+            found.setdefault(member_id, how)
+
+    if MEMBER_ID.match(text):
+        active, redirected = resolve_member_id(session, text)
+        if active:
+            add([active], "redirect" if redirected else "member_id")
+    elif "@" in text:
+        add(member_ids_by_contact(session, email=text, region=region), "email")
+    else:
+        if _PHONE_LIKE.match(text):
+            add(member_ids_by_contact(session, phone=text, region=region), "phone")
+        if " " not in text:
+            add(_by_source_id(session, text), "source_id")
+        if not found:
+            add(_by_name(session, text, limit), "name")
+    ids = list(found)
+    if stores is not None:
+        allowed = members_in_stores(session, ids, stores)
+        ids = [i for i in ids if i in allowed]
+    rows = {
+        g.member_id: g
+        for g in session.scalars(
+            select(GoldenMember).where(GoldenMember.member_id.in_(ids[:limit]), GoldenMember.status == "active")
+        )
+    }
+    return [MemberHit(m, rows[m].full_name, rows[m].phone, rows[m].email, found[m]) for m in ids[:limit] if m in rows]
+
+
+def member_stores(session: Session, member_id: str) -> set[str]:
+    """The stores a member belongs to: the home store of any of their source records, and any store
+    where they earned or spent points."""
+    home = (
+        select(StagedMember.store_code)
+        .join(MemberLink, MemberLink.staged_member_id == StagedMember.id)
+        .where(MemberLink.member_id == member_id, StagedMember.store_code.is_not(None))
+    )
+    visited = select(LedgerEntryRow.store_code).where(
+        LedgerEntryRow.member_id == member_id, LedgerEntryRow.store_code.is_not(None)
+    )
+    return set(session.scalars(union(home, visited)))
+
+
+def members_in_stores(session: Session, member_ids: list[str], stores: tuple[str, ...]) -> set[str]:
+    if not member_ids or not stores:
+        return set()
+    home = (
+        select(MemberLink.member_id)
+        .join(StagedMember, StagedMember.id == MemberLink.staged_member_id)
+        .where(MemberLink.member_id.in_(member_ids), StagedMember.store_code.in_(stores))
+    )
+    visited = select(LedgerEntryRow.member_id).where(
+        LedgerEntryRow.member_id.in_(member_ids), LedgerEntryRow.store_code.in_(stores)
+    )
+    return set(session.scalars(union(home, visited)))
+
+
+def _in_stores(member_id: Any) -> Any:
+    """The member is one of ``:stores``' (a home store of a source record, or points earned or spent there)."""
+    home = (
+        select(_LINKS.c.member_id)
+        .join(_STAGED, _STAGED.c.id == _LINKS.c.staged_member_id)
+        .where(_LINKS.c.member_id == member_id, _STAGED.c.store_code.in_(bindparam("stores", expanding=True)))
+    )
+    visited = select(_LEDGER.c.id).where(
+        _LEDGER.c.member_id == member_id, _LEDGER.c.store_code.in_(bindparam("stores", expanding=True))
+    )
+    return or_(home.exists(), visited.exists())
+
+
+@cache
+def _summary_query(by: str, scoped: bool) -> Select:
+    """Id, name, contacts, tier, balance and pending points of the members a till asked for, in one
+    statement: ``by`` a contact kind (``:contact_key``) or ``member_id`` (``:member_id``)."""
+    member_id = _GOLDEN.c.member_id
+    tier = (
+        select(_TIERS.c.tier).where(_TIERS.c.member_id == member_id).order_by(_TIERS.c.id.desc()).limit(1)
+    ).scalar_subquery()
+    points = select(func.coalesce(func.sum(_LEDGER.c.points), 0)).where(_LEDGER.c.member_id == member_id)
+    pending = select(func.coalesce(func.sum(_LEDGER.c.pending_points), 0)).where(_LEDGER.c.member_id == member_id)
+    which = member_id == bindparam("member_id") if by == "member_id" else member_id.in_(contact_query(by))
+    query = select(
+        member_id,
+        _GOLDEN.c.full_name,
+        _GOLDEN.c.phone,
+        _GOLDEN.c.email,
+        tier.label("tier"),
+        points.scalar_subquery().label("balance"),
+        pending.scalar_subquery().label("pending"),
+    ).where(which, _GOLDEN.c.status == "active")
+    if scoped:
+        query = query.where(_in_stores(member_id))
+    return query.order_by(member_id)
+
+
+def lookup(
+    session: Session,
+    *,
+    phone: str | None = None,
+    email: str | None = None,
+    member_id: str | None = None,
+    stores: tuple[str, ...] | None = None,
+    region: str = "CN",
+) -> list[dict[str, Any]]:
+    """What a till or a shop needs about the member(s) behind a phone, e-mail or member id: id,
+    name, tier, balance and pending points, in one query. ``stores``: only members of these stores."""
+    redirected_from = None
+    params: dict[str, Any] = {}
+    if member_id is not None:
+        active, redirected = resolve_member_id(session, member_id)
+        if active is None:
+            return []
+        by, params["member_id"] = "member_id", active
+        redirected_from = member_id.upper() if redirected else None
+    else:
+        by, raw = ("phone", phone) if phone is not None else ("email", email)
+        key = None if raw is None else contact_key(by, raw, region)
+        if key is None:
+            return []
+        params["contact_key"] = key
+    if stores is not None:
+        if not stores:
+            return []
+        params["stores"] = list(stores)
+    rows = session.connection().execute(_summary_query(by, stores is not None), params)
+    return [
+        {
+            "member_id": r.member_id,
+            "full_name": r.full_name,
+            "phone": r.phone,
+            "email": r.email,
+            "tier": r.tier,
+            "balance": int(r.balance),
+            "pending": int(r.pending),
+            "redirected_from": redirected_from,
+        }
+        for r in rows
+    ]
+
+
+def id_redirects(session: Session, member_id: str) -> list[dict[str, Any]]:
+    """Every change of id that leads to or from a member (merges into it, splits out of it)."""
+    rows = session.scalars(
+        select(MemberIdChange)
+        .where(or_(MemberIdChange.old_member_id == member_id, MemberIdChange.new_member_id == member_id))
+        .order_by(MemberIdChange.id)
+    )
+    return [
+        {"old_member_id": r.old_member_id, "new_member_id": r.new_member_id, "kind": r.kind, "at": r.changed_at}
+        for r in rows
+    ]
