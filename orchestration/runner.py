@@ -5,13 +5,18 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from dagster import DagsterInstance, materialize
 
 from hub.config import hub_home
+from hub.status import record_run
+from orchestration.automation import step_error
 from orchestration.definitions import build_definitions
+from orchestration.jobs import TRIGGER
+from orchestration.resources import HubResource
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
@@ -35,13 +40,15 @@ def run_pipeline(
     """Run every step once; return each asset's figures (its materialisation metadata) by asset key."""
     logging.getLogger("dagster").setLevel(logging.ERROR)
     defs = build_definitions(config_path, database_url, progress)
-    assets = list(defs.assets or [])
+    assets = [*(defs.assets or []), *(defs.asset_checks or [])]
+    started = datetime.now(UTC)
     result = materialize(
         assets,
         resources=defs.resources,
         instance=instance or dagster_instance(),
         run_config=QUIET,
         raise_on_error=False,
+        tags={TRIGGER: "cli"},
     )
     figures: dict[str, dict[str, Any]] = {}
     for event in result.get_asset_materialization_events():
@@ -50,10 +57,24 @@ def run_pipeline(
             figures[materialization.asset_key.to_user_string()] = {
                 k: v.value for k, v in materialization.metadata.items()
             }
-    failures = [
-        f"{event.step_key}: {event.event_specific_data.error.message.strip()}"
-        for event in result.all_events
-        if event.is_step_failure and event.event_specific_data is not None
-    ]
-    figures["_failures"] = {"steps": failures, "success": result.success}
+    failures = [f"{event.step_key}: {step_error(event)}" for event in result.all_events if event.is_step_failure]
+    checks = {
+        check.asset_check_key.name: {"passed": check.passed, "why": check.description}
+        for check in result.get_asset_check_evaluations()
+    }
+    failures += [f"check {name} failed, write-back held: {c['why']}" for name, c in checks.items() if not c["passed"]]
+    success = result.success and all(c["passed"] for c in checks.values())
+    figures["_failures"] = {"steps": failures, "success": success}
+    figures["_checks"] = checks
+    hub = HubResource(config_path=config_path, database_url=database_url).hub()
+    with hub.session() as session, session.begin():
+        record_run(
+            session,
+            run_id=result.run_id,
+            job_name="memberhub run",
+            status="success" if success else "failure",
+            trigger="cli",
+            started_at=started,
+            error="\n".join(failures) or None,
+        )
     return figures

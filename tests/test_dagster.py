@@ -31,9 +31,14 @@ def test_graph_runs_raw_to_writeback_per_system():
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
     systems = ("shopify", "square", "hubspot", "odoo")
-    assert keys == {"canonical", "golden", "ledger", "tiers"} | {f"raw/{s}" for s in systems} | {
-        f"writeback/{s}" for s in systems
-    }
+    assert keys == (
+        {"canonical", "golden", "ledger", "tiers", "segments", "triggers/webhooks"}
+        | {f"raw/{s}" for s in systems}
+        | {f"writeback/{s}" for s in systems}
+        | {f"tags/{s}" for s in systems}
+    )
     assert graph.get(AssetKey("canonical")).parent_keys == {AssetKey(["raw", s]) for s in systems}
     assert graph.get(AssetKey(["writeback", "odoo"])).parent_keys == {AssetKey("tiers")}
     assert graph.get(AssetKey("ledger")).parent_keys == {AssetKey("golden")}
+    assert graph.get(AssetKey("segments")).parent_keys == {AssetKey("ledger"), AssetKey("tiers")}
+    assert graph.get(AssetKey(["tags", "hubspot"])).parent_keys == {AssetKey("segments")}
