@@ -12,6 +12,13 @@ for MemberHub with its default settings and for Splink with the settings of its 
 generated per record, and the scale figures: N generated members resolved from scratch (wall time,
 peak memory from getrusage, in a process of its own), one new record matched incrementally (median
 over many) and a batch of 10,000 new records.
+
+``--db N`` adds the path through the hub database (PostgreSQL unless ``--db-url`` names another):
+N generated members loaded as staged members, ``hub.resolve.resolve`` from scratch (model training,
+matching, golden members, links and lineage written), then 1,000 new staged members resolved against
+the index the first run left in memory, then one new member at a time — each in its own transaction,
+timed with the commit, in a process of its own (peak memory from getrusage). ``--only-db`` skips the
+other steps.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -260,6 +268,171 @@ def scale_step(records: int, cache: Path) -> None:
     )
 
 
+POSTGRES = os.environ.get("MEMBERHUB_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def db_step(records: int, cache: Path, url: str) -> None:
+    print(f"Through the database — {records:,} staged members ({url.split('://')[0]}), each run committed")
+    data = cache / f"members-{records}.pickle"
+    if not data.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, __file__, "--_generate", str(records), str(data)], check=True)
+    done = subprocess.run(
+        [sys.executable, __file__, "--_db", str(data), url], check=True, capture_output=True, text=True
+    )
+    f = json.loads(done.stdout.strip().splitlines()[-1])
+    print(
+        f"  loaded {f['records']:,} staged members in {f['load_seconds']:.1f} s (not counted below)\n"
+        f"  from scratch: resolve + commit {f['seconds']:.1f} s ({f['records'] / f['seconds']:,.0f} records/s; "
+        f"training {f['train_seconds']:.1f} s of it), {f['golden']:,} golden members, {f['links']:,} links, "
+        f"peak memory {f['peak_mb'] / 1024:.2f} GB\n"
+        f"  incremental: 1,000 new staged members in {f['batch_seconds']:.2f} s; one new member median "
+        f"{f['single_median_ms']:.0f} ms (p95 {f['single_p95_ms']:.0f} ms over {f['single_n']})\n"
+        f"  a cold process (index rebuilt from the database, nothing new): {f['cold_seconds']:.1f} s"
+    )
+
+
+def _staged_rows(keys: list[str], columns: dict[str, list[Any]], start: int, stop: int) -> tuple[list, list]:
+    from schemas import content_hash
+
+    sources, staged = [], []
+    for i in range(start, stop):
+        system, _, number = keys[i].partition(":")
+        sources.append(
+            {
+                "id": i + 1,
+                "source": system,
+                "stream": "members",
+                "external_id": number,
+                "payload": {},
+                "content_hash": content_hash({"n": i}),
+            }
+        )
+        staged.append(
+            {
+                "id": i + 1,
+                "source_record_id": i + 1,
+                "source": system,
+                "source_id": number,
+                "channel": "online",
+                **{f: columns[f][i] for f in MEMBER_FIELDS},
+            }
+        )
+    return sources, staged
+
+
+def _insert_staged(session, keys, columns, start, stop) -> None:
+    from sqlalchemy import insert
+
+    from hub.privacy.guard import protect_members
+    from hub.tables import SourceRecordRow, StagedMember
+
+    for lo in range(start, stop, 5000):
+        sources, staged = _staged_rows(keys, columns, lo, min(stop, lo + 5000))
+        protect_members(session, dict(enumerate(staged)))  # the blind indexes staging writes
+        session.execute(insert(SourceRecordRow.__table__), sources)
+        session.execute(insert(StagedMember.__table__), staged)
+
+
+def _db(path: Path, base_url: str) -> None:
+    import uuid
+
+    from sqlalchemy import create_engine, func, select, text
+    from sqlalchemy.orm import sessionmaker
+
+    from hub.db import engine_for, upgrade
+    from hub.resolve import forget_index, resolve
+    from hub.tables import GoldenMember, MemberLink
+
+    with path.open("rb") as handle:
+        data = pickle.load(handle)
+    n, keys, columns = data["records"], data["keys"], data["columns"]
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(base_url, isolation_level="AUTOCOMMIT") if base_url.startswith("postgresql") else None
+    url = base_url
+    if admin is not None:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+        url = f"{base_url}?options=-csearch_path%3D{schema}"
+    try:
+        upgrade(url)
+        sessions = sessionmaker(engine_for(url), expire_on_commit=False)
+        began = time.perf_counter()
+        with sessions() as session, session.begin():
+            _insert_staged(session, keys, columns, 0, n)
+        if admin is not None:
+            with engine_for(url).connect() as connection:
+                connection.execute(text("ANALYZE source_records, staged_members")).close()
+        load_seconds = time.perf_counter() - began
+        from hub.resolution import engine as resolution_engine
+
+        train = [0.0]
+        original = resolution_engine.Resolver.add
+
+        def timed_add(self, *args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                if kwargs.get("train"):
+                    train[0] += time.perf_counter() - t
+
+        resolution_engine.Resolver.add = timed_add
+        began = time.perf_counter()
+        with sessions() as session, session.begin():
+            resolve(session)
+        seconds = time.perf_counter() - began
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"resolved {n} through the database in {seconds:.1f} s", file=sys.stderr, flush=True)
+        with sessions() as session:
+            golden = session.scalar(
+                select(func.count()).select_from(GoldenMember).where(GoldenMember.status == "active")
+            )
+            links = session.scalar(select(func.count()).select_from(MemberLink))
+        began = time.perf_counter()
+        with sessions() as session, session.begin():
+            _insert_staged(session, keys, columns, n, n + 1000)
+            resolve(session)
+        batch_seconds = time.perf_counter() - began
+        latencies = []
+        for i in range(n + 1000, n + 1020):
+            began = time.perf_counter()
+            with sessions() as session, session.begin():
+                _insert_staged(session, keys, columns, i, i + 1)
+                resolve(session)
+            latencies.append((time.perf_counter() - began) * 1000)
+        latencies.sort()
+        forget_index()
+        began = time.perf_counter()
+        with sessions() as session, session.begin():
+            resolve(session)
+        cold_seconds = time.perf_counter() - began
+    finally:
+        engine_for(url).dispose()
+        if admin is not None:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+            admin.dispose()
+    print(
+        json.dumps(
+            {
+                "records": n,
+                "load_seconds": load_seconds,
+                "seconds": seconds,
+                "train_seconds": train[0],
+                "peak_mb": peak_mb,
+                "golden": golden,
+                "links": links,
+                "batch_seconds": batch_seconds,
+                "single_median_ms": statistics.median(latencies),
+                "single_p95_ms": latencies[int(len(latencies) * 0.95)],
+                "single_n": len(latencies),
+                "cold_seconds": cold_seconds,
+            }
+        )
+    )
+
+
 def _generate(records: int, path: Path) -> None:
     people = int(records / 1.95) + 10_000  # about 2.0 copies per person on average
     keys, recs, _ = world_records(people, 11, 0.5)
@@ -326,18 +499,27 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--_scale":
         _scale(Path(sys.argv[2]))
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "--_db":
+        _db(Path(sys.argv[2]), sys.argv[3])
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=int, default=1_000_000, help="records for the scale step")
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--skip-splink", action="store_true")
     parser.add_argument("--people", type=int, default=5000, help="people in the generated-members accuracy step")
     parser.add_argument("--cache", type=Path, default=ROOT / ".memberhub" / "bench")
+    parser.add_argument("--db", type=int, default=0, help="records for the step through the hub database")
+    parser.add_argument("--db-url", default=POSTGRES, help="the database of that step (a schema of its own)")
+    parser.add_argument("--only-db", action="store_true", help="only the step through the database")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}")
-    febrl_step(args.skip_splink)
-    generated_step(args.people)
-    if not args.skip_scale:
-        scale_step(args.scale, args.cache)
+    if not args.only_db:
+        febrl_step(args.skip_splink)
+        generated_step(args.people)
+        if not args.skip_scale:
+            scale_step(args.scale, args.cache)
+    if args.db:
+        db_step(args.db, args.cache, args.db_url)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from connectors.base import CheckStep, Connector, Page, Stream, WritebackResult, WritebackUpdate
+from connectors.base import (
+    CheckStep,
+    Connector,
+    DestinationEvent,
+    Page,
+    Stream,
+    WritebackResult,
+    WritebackUpdate,
+)
 from schemas import ConnectorConfig
 from schemas.errors import ConfigError
 
@@ -30,6 +38,7 @@ def connector_for(name: str, config: ConnectorConfig) -> Connector:
 __all__ = [
     "CheckStep",
     "Connector",
+    "DestinationEvent",
     "Page",
     "Stream",
     "WritebackResult",

@@ -17,6 +17,10 @@ class Stream:
     name: str
     kind: str  # "members" or "orders"
     id_field: str = "id"
+    echo_fields: tuple[str, ...] = ()
+    """Fields the hub writes itself (tags, groups) and the change stamps such a write moves: left out
+    of the content hash, so the hub's own write coming back is not a change (no echo loop). Dotted
+    for nested fields (``properties.memberhub_tags``)."""
 
 
 @dataclass
@@ -35,6 +39,13 @@ class CheckStep:
     detail: str
 
 
+ALL_FIELDS = frozenset({"points", "tier", "member_id"})
+"""What a write-back may set on a destination's customer; a first write sets all of them."""
+NEEDS_PHONE = "needs_phone"
+"""Set in a result's ``remote`` when points could not be written for want of a phone number (Square
+keys loyalty accounts by phone): the hub plans the points again once the customer has one."""
+
+
 @dataclass(frozen=True)
 class WritebackUpdate:
     """The state a destination should hold for one of its customers."""
@@ -48,6 +59,8 @@ class WritebackUpdate:
     idempotency_key: str = ""  # stable for the same (member, from, to) change: safe to resend
     phone: str | None = None  # E.164, for systems that key loyalty accounts by phone
     remote: dict[str, Any] = field(default_factory=dict)  # ids the destination gave us last time
+    changed: frozenset[str] = ALL_FIELDS  # which of points, tier, member_id differ from what was acknowledged
+    ledger_mark: int | None = None  # the member's last ledger entry id this balance includes
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,28 @@ class WritebackResult:
     ok: bool
     error: str | None = None
     remote: dict[str, Any] = field(default_factory=dict)  # ids to remember (metafield ids, account ids)
+    skipped: str | None = None  # a part deliberately not written, and why (the rest was): not retried
+
+
+@dataclass(frozen=True)
+class DestinationEvent:
+    """A change of points made inside a destination (a redemption at a till, a seller's adjustment),
+    for the hub to bring into its ledger before it writes balances back.
+
+    ``kind``: ``redeem`` (points spent), ``return`` (a redemption undone, points back), ``adjust``
+    (someone there corrected the balance), or ``ignore`` (a change the hub makes itself from its own
+    data, e.g. points a till accrued for an order the hub also earns on). ``own``: the hub's own write
+    coming back (an echo), never imported."""
+
+    id: str
+    occurred_at: str  # ISO 8601
+    kind: str
+    points: int  # the effect on the balance there: negative when points were spent
+    external_id: str | None  # the destination's customer, when it could be told
+    account_id: str | None = None
+    location: str | None = None  # the destination's own store code
+    own: bool = False
+    detail: str = ""
 
 
 class Connector(ABC):
@@ -88,6 +123,12 @@ class Connector(ABC):
     @abstractmethod
     def push(self, updates: list[WritebackUpdate]) -> list[WritebackResult]:
         """Write points and tier for these customers; one result per update, in the same order."""
+
+    def read_events(self, since: str | None, *, accounts: dict[str, str] | None = None) -> Iterator[DestinationEvent]:
+        """Points changes made inside this system at or after ``since`` (ISO 8601), oldest or newest
+        first. ``accounts``: loyalty account id -> customer id, as far as the hub knows them. Systems
+        whose balances only the hub changes yield nothing."""
+        return iter(())
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

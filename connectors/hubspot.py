@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 from connectors._http import ApiClient
 from connectors.base import CheckStep, Connector, Page, Stream, WritebackResult, WritebackUpdate
+from connectors.tags import TagUpdate
 from schemas import Channel, ConnectorConfig
 from schemas.errors import ConfigError, ConnectorError, FatalError, RetriableError
 
@@ -113,7 +114,13 @@ class Throttle:
 class HubSpotConnector(Connector):
     kind: ClassVar[str] = "hubspot"
     channel: ClassVar[Channel] = Channel.crm
-    streams: ClassVar[tuple[Stream, ...]] = (Stream("contacts", "members"),)
+    streams: ClassVar[tuple[Stream, ...]] = (
+        Stream(
+            "contacts",
+            "members",
+            echo_fields=("properties.memberhub_tags", "properties.lastmodifieddate", "updatedAt"),
+        ),
+    )
 
     def __init__(
         self,
@@ -141,6 +148,7 @@ class HubSpotConnector(Connector):
         )
         self._tier_options: list[dict[str, Any]] | None = None
         self._properties_ready = False
+        self._tags_property_ready = False
 
     def close(self) -> None:
         self._client.close()
@@ -269,17 +277,7 @@ class HubSpotConnector(Connector):
         self._ensure_properties({u.tier: u.tier_label for u in updates})
         outcome: dict[int, WritebackResult] = {}
         for batch in _batches(updates, BATCH_LIMIT):
-            inputs = [
-                {
-                    "id": update.external_id,
-                    "properties": {
-                        "loyalty_points": str(update.points),
-                        "loyalty_tier": update.tier,
-                        "loyalty_member_id": update.member_id,
-                    },
-                }
-                for _, update in batch
-            ]
+            inputs = [{"id": update.external_id, "properties": _properties(update)} for _, update in batch]
             body, status = self._json_response(
                 "POST", "/crm/v3/objects/contacts/batch/update", json={"inputs": inputs}, accept=(400, 404, 409)
             )
@@ -326,8 +324,54 @@ class HubSpotConnector(Connector):
             body = self._json("PATCH", "/crm/v3/properties/contacts/loyalty_tier", json={"options": options})
             self._tier_options = list(body.get("options") or options)
 
+    # ------------------------------------------------------------------------- tags (segments, triggers)
+    def push_tags(self, updates: list[TagUpdate]) -> list[WritebackResult]:
+        """The contact property ``memberhub_tags`` (text, values joined by ``;``) holds the hub's tags,
+        so lists and workflows can filter on "contains 沉睡会员". The whole value is the hub's: absolute."""
+        if not updates:
+            return []
+        if not self._tags_property_ready:
+            self._json_response("POST", "/crm/v3/properties/contacts", json=TAGS_PROPERTY, accept=(409,))
+            self._tags_property_ready = True
+        outcome: dict[int, WritebackResult] = {}
+        for start in range(0, len(updates), BATCH_LIMIT):
+            batch = list(enumerate(updates))[start : start + BATCH_LIMIT]
+            inputs = [{"id": u.external_id, "properties": {TAGS_PROPERTY["name"]: ";".join(u.tags)}} for _, u in batch]
+            body, status = self._json_response(
+                "POST", "/crm/v3/objects/contacts/batch/update", json={"inputs": inputs}, accept=(400, 404, 409)
+            )
+            failed: dict[str, str] = {}
+            if status < 400:
+                for error in body.get("errors") or []:
+                    for contact_id in _error_ids(error):
+                        failed[contact_id] = f"{error.get('category', 'ERROR')}: {error.get('message', '')}".strip()
+            done = {str(result.get("id")) for result in (body.get("results") or [])} if status < 400 else set()
+            for position, update in batch:
+                if update.external_id in done and update.external_id not in failed:
+                    outcome[position] = WritebackResult(update.external_id, ok=True)
+                else:
+                    reason = failed.get(update.external_id) or _reason(body, status)
+                    outcome[position] = WritebackResult(update.external_id, ok=False, error=reason)
+        return [outcome[position] for position in range(len(updates))]
+
+
+TAGS_PROPERTY: dict[str, Any] = {
+    "name": "memberhub_tags",
+    "label": "MemberHub tags",
+    "type": "string",
+    "fieldType": "textarea",
+    "groupName": GROUP,
+    "description": "Segments and marketing events from MemberHub, separated by ';'. Edits here are overwritten.",
+}
+
 
 # ----------------------------------------------------------------------------- helpers
+def _properties(update: WritebackUpdate) -> dict[str, str]:
+    """The loyalty properties whose value changed (all of them on a first write); strings, as HubSpot takes them."""
+    values = {"points": str(update.points), "tier": update.tier, "member_id": update.member_id}
+    return {f"loyalty_{name}": value for name, value in values.items() if name in update.changed}
+
+
 def _batches(updates: list[WritebackUpdate], size: int) -> Iterator[list[tuple[int, WritebackUpdate]]]:
     """Batches of at most ``size``, never naming one contact twice (HubSpot refuses duplicate ids)."""
     batch: list[tuple[int, WritebackUpdate]] = []

@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 
 from connectors._http import ApiClient
 from connectors.base import CheckStep, Connector, Page, Stream, WritebackResult, WritebackUpdate
+from connectors.tags import TagUpdate
 from schemas import Channel, ConnectorConfig
 from schemas.errors import ConfigError, ConnectorError, FatalError
 
@@ -163,7 +164,7 @@ class OdooConnector(Connector):
     kind: ClassVar[str] = "odoo"
     channel: ClassVar[Channel] = Channel.erp
     streams: ClassVar[tuple[Stream, ...]] = (
-        Stream("partners", "members"),
+        Stream("partners", "members", echo_fields=("category_id", "write_date")),
         Stream("sale_orders", "orders"),
         Stream("pos_orders", "orders"),
     )
@@ -400,35 +401,41 @@ class OdooConnector(Connector):
                 partner[position] = int(update.external_id)
             else:
                 errors[position] = f"{update.external_id!r} is not an Odoo partner id"
-        cards = self._execute(
-            "loyalty.card",
-            "search_read",
-            [["program_id", "=", program], ["partner_id", "in", sorted(set(partner.values()))]],
-            fields=["id", "partner_id", "points"],
-            order="id asc",
+        carded = {p: pid for p, pid in partner.items() if "points" in updates[p].changed}  # only these need a card
+        cards = (
+            self._execute(
+                "loyalty.card",
+                "search_read",
+                [["program_id", "=", program], ["partner_id", "in", sorted(set(carded.values()))]],
+                fields=["id", "partner_id", "points"],
+                order="id asc",
+            )
+            if carded
+            else []
         )
         held: dict[int, list[int]] = defaultdict(list)
         for card in cards:
             held[card["partner_id"][0]].append(card["id"])
         card_of: dict[int, int] = {}
         to_create: dict[int, list[int]] = defaultdict(list)  # partner -> positions
-        for position, pid in partner.items():
+        for position, pid in carded.items():
             remembered = updates[position].remote.get("card_id")
             if held.get(pid):
                 card_of[position] = remembered if remembered in held[pid] else held[pid][0]
             else:
                 to_create[pid].append(position)
         self._create_cards(program, updates, to_create, card_of, errors)
+        created = {position for positions in to_create.values() for position in positions}  # hold their points
 
         by_points: dict[float, list[tuple[int, int]]] = defaultdict(list)
         for position, card in card_of.items():
-            if position not in errors:
+            if position not in errors and position not in created:
                 by_points[float(updates[position].points)].append((position, card))
         for points, members in by_points.items():
             self._write_group("loyalty.card", members, {"points": points}, errors)
         by_tier: dict[str, list[tuple[int, int]]] = defaultdict(list)
         for position, pid in partner.items():
-            if position not in errors:
+            if position not in errors and "tier" in updates[position].changed:
                 by_tier[updates[position].tier].append((position, pid))
         for tier, members in by_tier.items():
             self._write_group("res.partner", members, {TIER_FIELD: tier}, errors)
@@ -437,7 +444,9 @@ class OdooConnector(Connector):
             WritebackResult(update.external_id, ok=False, error=errors[position])
             if position in errors
             else WritebackResult(
-                update.external_id, ok=True, remote={"card_id": card_of[position], "program_id": program}
+                update.external_id,
+                ok=True,
+                remote={"card_id": card_of[position], "program_id": program} if position in card_of else {},
             )
             for position, update in enumerate(updates)
         ]
@@ -499,6 +508,41 @@ class OdooConnector(Connector):
                 if row.name in _SYSTEM_ERRORS:
                     raise
                 errors[position] = f"could not write {', '.join(values)} on {model} {rid}: {row}"
+
+    # ------------------------------------------------------------------------- tags (segments, triggers)
+    def push_tags(self, updates: list[TagUpdate]) -> list[WritebackResult]:
+        """Contact tags (``res.partner.category``), created once by name; each partner gets link (4)
+        and unlink (3) commands for the hub's tags only, so tags people set stay."""
+        if not updates:
+            return []
+        categories = {
+            c["name"]: c["id"] for c in self._execute("res.partner.category", "search_read", [], fields=["id", "name"])
+        }
+        for name in sorted({t for u in updates for t in u.tags} - set(categories)):
+            categories[name] = self._execute("res.partner.category", "create", {"name": name})
+        names = {cid: name for name, cid in categories.items()}
+        partners = sorted({int(u.external_id) for u in updates if u.external_id.isdigit()})
+        found = self._execute("res.partner", "read", partners, ["category_id"]) if partners else []
+        held = {p["id"]: list(p.get("category_id") or []) for p in found}
+        results = []
+        for update in updates:
+            pid = int(update.external_id) if update.external_id.isdigit() else None
+            if pid not in held:
+                results.append(WritebackResult(update.external_id, False, f"no Odoo partner {update.external_id!r}"))
+                continue
+            now = held[pid]
+            drop = [[3, c] for c in now if c in names and update.managed(names[c]) and names[c] not in update.tags]
+            link = [[4, categories[t]] for t in update.tags if categories[t] not in now]
+            try:
+                if drop or link:
+                    self._execute("res.partner", "write", [pid], {"category_id": drop + link})
+            except OdooServerError as exc:
+                if exc.name in _SYSTEM_ERRORS:
+                    raise
+                results.append(WritebackResult(update.external_id, False, f"could not tag partner {pid}: {exc}"))
+                continue
+            results.append(WritebackResult(update.external_id, True))
+        return results
 
 
 def _naive(moment: str) -> str:

@@ -17,6 +17,7 @@ import httpx
 from connectors._http import ApiClient
 from connectors._paging import Watermark, paginator, utc_iso
 from connectors.base import CheckStep, Connector, Page, Stream, WritebackResult, WritebackUpdate
+from connectors.tags import TagUpdate
 from schemas import Channel, ConnectorConfig
 from schemas.errors import ConnectorError, FatalError
 
@@ -37,7 +38,10 @@ class _Refused(Exception):
 class ShopifyConnector(Connector):
     kind: ClassVar[str] = "shopify"
     channel: ClassVar[Channel] = Channel.online
-    streams: ClassVar[tuple[Stream, ...]] = (Stream("customers", "members"), Stream("orders", "orders"))
+    streams: ClassVar[tuple[Stream, ...]] = (
+        Stream("customers", "members", echo_fields=("tags", "updated_at")),
+        Stream("orders", "orders"),
+    )
     paths: ClassVar[dict[str, str]] = {"customers": "customers.json", "orders": "orders.json"}
     extra_params: ClassVar[dict[str, dict[str, str]]] = {"orders": {"status": "any"}}  # the default is open only
     paging = paginator("header_link")
@@ -123,7 +127,8 @@ class ShopifyConnector(Connector):
 
     # ------------------------------------------------------------------------- write-back
     def push(self, updates: list[WritebackUpdate]) -> list[WritebackResult]:
-        """Absolute values, so a resend is harmless; metafield ids are remembered to PUT next time."""
+        """Absolute values, so a resend is harmless; metafield ids are remembered to PUT next time.
+        Only the metafields whose value changed are written (one call each, Shopify REST has no batch)."""
         return [self._push_one(update) for update in updates]
 
     def _push_one(self, update: WritebackUpdate) -> WritebackResult:
@@ -133,6 +138,8 @@ class ShopifyConnector(Connector):
         values = {"points": str(update.points), "tier": update.tier}
         try:
             for key, kind in METAFIELDS:
+                if key not in update.changed:
+                    continue
                 field = f"{key}_metafield_id"
                 remote[field] = self._write(update.external_id, key, kind, values[key], update.remote.get(field))
         except _Refused as exc:
@@ -189,6 +196,29 @@ class ShopifyConnector(Connector):
         excess = int(used) - (int(size) - HEADROOM)
         if excess > 0:
             time.sleep(excess / self.leak_per_second)
+
+    # ------------------------------------------------------------------------- tags (segments, triggers)
+    def push_tags(self, updates: list[TagUpdate]) -> list[WritebackResult]:
+        """Customer tags: read the customer's tags, replace the hub's own, ``PUT`` only if they differ.
+        The merchant's other tags stay as they are."""
+        return [self._tag_one(update) for update in updates]
+
+    def _tag_one(self, update: TagUpdate) -> WritebackResult:
+        if not str(update.external_id).isdigit():
+            return WritebackResult(update.external_id, False, f"{update.external_id!r} is not a Shopify customer id")
+        url = f"customers/{update.external_id}.json"
+        body, response = self._client.json_response("GET", url, accept=REFUSED)
+        self._pace(response)
+        if response.status_code == 404:
+            return WritebackResult(update.external_id, False, f"customer {update.external_id} is not in Shopify")
+        current = [t.strip() for t in str((body.get("customer") or {}).get("tags") or "").split(",") if t.strip()]
+        wanted = update.merged(current)
+        if wanted != current:
+            payload = {"customer": {"id": int(update.external_id), "tags": ", ".join(wanted)}}
+            body, response = self._call("PUT", url, payload)
+            if response.status_code >= 300:
+                return WritebackResult(update.external_id, False, f"Shopify refused the tags: {_errors(body)}")
+        return WritebackResult(update.external_id, True)
 
 
 def _errors(body: Any) -> Any:

@@ -1,8 +1,9 @@
 """Square (``/v2/``, Square-Version 2025-08-20): customers listed, or searched by ``updated_at``;
 orders searched over the configured locations (ten per query) sorted by ``updated_at`` ascending,
 so each page of a single query carries its own cursor. Points go back as deltas on the customer's
-loyalty account, each with the hub's idempotency key; the tier as the ``loyalty_tier`` customer
-custom attribute, 25 per bulk upsert.
+loyalty account, from the balance read just before, each with a key derived from the hub's ledger;
+the tier as the ``loyalty_tier`` customer custom attribute, 25 per bulk upsert. Points spent or
+adjusted at the till are read back as loyalty events (``read_events``) for the hub's ledger.
 """
 
 from __future__ import annotations
@@ -13,7 +14,17 @@ from typing import Any, ClassVar
 
 from connectors._http import ApiClient
 from connectors._paging import Fetched, Watermark, paginator, utc_iso
-from connectors.base import CheckStep, Connector, Page, Stream, WritebackResult, WritebackUpdate
+from connectors.base import (
+    NEEDS_PHONE,
+    CheckStep,
+    Connector,
+    DestinationEvent,
+    Page,
+    Stream,
+    WritebackResult,
+    WritebackUpdate,
+)
+from connectors.tags import TagUpdate
 from schemas import Channel, ConnectorConfig
 from schemas.errors import ConfigError, ConnectorError, FatalError
 
@@ -24,6 +35,12 @@ LOCATIONS_PER_QUERY = 10
 ACCOUNTS_PER_SEARCH = 30
 ATTRIBUTES_PER_UPSERT = 25
 TIER_KEY = "loyalty_tier"
+EVENTS_PER_PAGE = 30
+EVENT_KINDS = {"CREATE_REWARD": "redeem", "DELETE_REWARD": "return", "ADJUST_POINTS": "adjust"}
+"""The loyalty events that change a balance from inside Square, and what each is to the hub."""
+NO_PHONE = "points: the customer has no phone number, and Square keys loyalty accounts by phone"
+OWN_REASON = "MemberHub sync"
+"""How every adjustment the hub makes begins its reason: how the hub knows its own writes again."""
 STRING_SCHEMA = "https://developer-production-s.squarecdn.com/schemas/v1/common.json#squareup.common.String"
 REFUSED = (400, 404, 409)
 
@@ -35,7 +52,10 @@ class _Refused(Exception):
 class SquareConnector(Connector):
     kind: ClassVar[str] = "square"
     channel: ClassVar[Channel] = Channel.pos
-    streams: ClassVar[tuple[Stream, ...]] = (Stream("customers", "members"), Stream("orders", "orders"))
+    streams: ClassVar[tuple[Stream, ...]] = (
+        Stream("customers", "members", echo_fields=("group_ids", "updated_at", "version")),
+        Stream("orders", "orders"),
+    )
     paging = paginator("body_cursor", cursor_path="cursor", cursor_param="cursor")
 
     def __init__(self, name: str, config: ConnectorConfig) -> None:
@@ -164,31 +184,24 @@ class SquareConnector(Connector):
 
     # ------------------------------------------------------------------------- write-back
     def push(self, updates: list[WritebackUpdate]) -> list[WritebackResult]:
-        """Points: find the customer's loyalty account (or enrol their phone), then adjust by the
-        change since what Square last acknowledged (else since its balance) under the update's
-        idempotency key, so a resend never applies twice. Tier: bulk upserts of ``loyalty_tier``."""
+        """Points: read the customer's loyalty account (30 customers per search), enrolling their
+        phone when they have none, then adjust by ``target - balance`` under a key bound to the
+        update's ledger-derived key and that balance: a resend after a crash finds the balance
+        already moved and sends nothing. A customer without a phone cannot hold an account: their
+        points are skipped with the reason (the tier is still written). Tier: bulk upserts of
+        ``loyalty_tier``, 25 per call. Only the fields that changed are written."""
         failures: dict[int, list[str]] = {}
         remote: dict[int, dict[str, Any]] = {}
-        program = self._program_id()
-        if updates:
+        skipped: dict[int, str] = {}
+        points = [i for i, u in enumerate(updates) if "points" in u.changed]
+        if points:
+            self._push_points(updates, points, failures, remote, skipped)
+        tiers = [i for i, u in enumerate(updates) if "tier" in u.changed]
+        if tiers:
             self._define_tier()
-        searched = [u.external_id for u in updates if u.acknowledged_points is None or not _account_id(u)]
-        accounts = self._accounts_of(searched)
-        for index, update in enumerate(updates):
-            try:
-                if program is None:
-                    raise _Refused("this seller has no loyalty program; create one in the Square Dashboard")
-                account_id, balance = self._account(update, accounts.get(update.external_id), program)
-                remote[index] = {"loyalty_account_id": account_id}
-                base = update.acknowledged_points if update.acknowledged_points is not None else balance
-                if base is None:
-                    raise _Refused(f"the balance of loyalty account {account_id} is unknown")
-                if update.points != base:
-                    self._adjust(account_id, update, update.points - base)
-            except _Refused as exc:
-                failures.setdefault(index, []).append(f"points: {exc}")
-        for start in range(0, len(updates), ATTRIBUTES_PER_UPSERT):
-            for index, reason in self._upsert_tiers(updates[start : start + ATTRIBUTES_PER_UPSERT], start).items():
+        for start in range(0, len(tiers), ATTRIBUTES_PER_UPSERT):
+            chunk = tiers[start : start + ATTRIBUTES_PER_UPSERT]
+            for index, reason in self._upsert_tiers([(i, updates[i]) for i in chunk]).items():
                 failures.setdefault(index, []).append(f"tier: {reason}")
         return [
             WritebackResult(
@@ -196,9 +209,39 @@ class SquareConnector(Connector):
                 index not in failures,
                 "; ".join(failures[index]) if index in failures else None,
                 remote.get(index, {}),
+                skipped.get(index),
             )
             for index, update in enumerate(updates)
         ]
+
+    def _push_points(
+        self,
+        updates: list[WritebackUpdate],
+        indexes: list[int],
+        failures: dict[int, list[str]],
+        remote: dict[int, dict[str, Any]],
+        skipped: dict[int, str],
+    ) -> None:
+        program = self._program_id()
+        accounts = self._accounts_of([updates[i].external_id for i in indexes]) if program else {}
+        for index in indexes:
+            update = updates[index]
+            try:
+                if program is None:
+                    raise _Refused("this seller has no loyalty program; create one in the Square Dashboard")
+                account = accounts.get(update.external_id)
+                if account is None and not update.phone:
+                    skipped[index] = NO_PHONE
+                    remote[index] = {NEEDS_PHONE: True}
+                    continue
+                if account is None:
+                    account = self._enrol(update, program)
+                remote[index] = {"loyalty_account_id": str(account["id"])}
+                balance = int(account.get("balance", 0))
+                if update.points != balance:
+                    self._adjust(str(account["id"]), update, balance)
+            except _Refused as exc:
+                failures.setdefault(index, []).append(f"points: {exc}")
 
     def _program_id(self) -> str | None:
         if self._program is None:
@@ -236,24 +279,13 @@ class SquareConnector(Connector):
                     found.setdefault(account.get("customer_id"), account)
         return found
 
-    def _account(self, update: WritebackUpdate, found: dict[str, Any] | None, program: str) -> tuple[str, int | None]:
-        """The customer's loyalty account id and, when it was fetched, its balance."""
-        if found is not None:
-            return str(found["id"]), int(found.get("balance", 0))
-        known = _account_id(update)
-        if known:
-            if update.acknowledged_points is not None:
-                return known, None
-            data, response = self._call("GET", f"/v2/loyalty/accounts/{known}")
-            if response.status_code == 200:
-                return known, int(data["loyalty_account"].get("balance", 0))
-        if not update.phone:
-            raise _Refused("the customer has no phone number, and Square keys loyalty accounts by phone")
-        account = {"program_id": program, "mapping": {"phone_number": update.phone}}
+    def _enrol(self, update: WritebackUpdate, program: str) -> dict[str, Any]:
+        """A new loyalty account for the customer, mapped by their phone (an account already mapped
+        to that phone is taken when it is this customer's)."""
+        account = {"program_id": program, "mapping": {"phone_number": update.phone}, "customer_id": update.external_id}
         key = _key("enrol", update.external_id, update.phone)
-        data, response = self._call(
-            "POST", "/v2/loyalty/accounts", {"loyalty_account": account, "idempotency_key": key}
-        )
+        body = {"loyalty_account": account, "idempotency_key": key}
+        data, response = self._call("POST", "/v2/loyalty/accounts", body)
         if response.status_code == 409:
             data = self._call("POST", "/v2/loyalty/accounts/search", {"query": {"mappings": [account["mapping"]]}})[0]
             matches = data.get("loyalty_accounts", [])
@@ -267,32 +299,36 @@ class SquareConnector(Connector):
         owner = created.get("customer_id")
         if owner not in (None, update.external_id):
             raise _Refused(f"the loyalty account for {update.phone} belongs to customer {owner}, not this one")
-        return str(created["id"]), int(created.get("balance", 0))
+        return created
 
-    def _adjust(self, account_id: str, update: WritebackUpdate, delta: int) -> None:
-        key = update.idempotency_key or _key("adjust", update.external_id, update.acknowledged_points, update.points)
+    def _adjust(self, account_id: str, update: WritebackUpdate, balance: int) -> None:
+        """Move the account from ``balance`` to the update's points. The key binds the hub's change
+        (derived from the ledger entries it represents) to the balance it moves from."""
+        base = update.idempotency_key or _key(update.external_id, update.member_id, update.points)
+        key = _key("adjust", base, account_id, balance)
+        delta = update.points - balance
         body = {
             "idempotency_key": key,
-            "adjust_points": {"points": delta, "reason": f"MemberHub: balance set to {update.points}"},
+            "adjust_points": {"points": delta, "reason": f"{OWN_REASON} {key[:16]}: {balance} -> {update.points}"},
             "allow_negative_balance": False,
         }
         data, response = self._call("POST", f"/v2/loyalty/accounts/{account_id}/adjust", body)
         if response.status_code >= 300:
             raise _Refused(f"adjusting account {account_id} by {delta} was refused: {_reason(data)}")
 
-    def _upsert_tiers(self, chunk: list[WritebackUpdate], offset: int) -> dict[int, str]:
+    def _upsert_tiers(self, chunk: list[tuple[int, WritebackUpdate]]) -> dict[int, str]:
         values = {
-            str(offset + i): {
+            str(index): {
                 "customer_id": update.external_id,
                 "custom_attribute": {"key": TIER_KEY, "value": update.tier},
                 "idempotency_key": _key("tier", update.external_id, update.tier, update.idempotency_key),
             }
-            for i, update in enumerate(chunk)
+            for index, update in chunk
         }
         data, response = self._call("POST", "/v2/customers/custom-attributes/bulk-upsert", {"values": values})
         if response.status_code >= 300:
             reason = _reason(data)
-            return {offset + i: reason for i in range(len(chunk))}
+            return {index: reason for index, _ in chunk}
         answers = data.get("values", {}) if isinstance(data, dict) else {}
         failed = {}
         for name in values:
@@ -301,8 +337,86 @@ class SquareConnector(Connector):
                 failed[int(name)] = _reason(answer) if answer else "Square did not answer for this customer"
         return failed
 
+    # ------------------------------------------------------------------------- two-way
+    def read_events(self, since: str | None, *, accounts: dict[str, str] | None = None) -> Iterator[DestinationEvent]:
+        """Loyalty events that change a balance from inside Square, newest first: rewards created
+        (points spent at the till) and deleted (points back), and adjustments. The hub's own
+        adjustments carry ``OWN_REASON`` and come back marked ``own``. Accruals for orders are not
+        asked for: the hub earns on the same orders itself."""
+        known = dict(accounts or {})
+        query: dict[str, Any] = {"filter": {"type_filter": {"types": list(EVENT_KINDS)}}}
+        if since is not None:
+            query["filter"]["date_time_filter"] = {"created_at": {"start_at": utc_iso(since)}}
+        body = {"query": query, "limit": EVENTS_PER_PAGE}
+        for data, _ in self.paging.pages(self._client, "POST", "/v2/loyalty/events/search", body=body):
+            for event in _records(data, "events", self.name):
+                yield self._event(event, known)
+
+    def _event(self, event: dict[str, Any], known: dict[str, str]) -> DestinationEvent:
+        kind = EVENT_KINDS[event["type"]]
+        detail = event.get({"redeem": "create_reward", "return": "delete_reward"}.get(kind, "adjust_points")) or {}
+        points = int(detail.get("points", 0))
+        points = -abs(points) if kind == "redeem" else abs(points) if kind == "return" else points
+        reason = str(detail.get("reason") or "")
+        account = event.get("loyalty_account_id")
+        if account and account not in known:
+            data, response = self._client.json_response("GET", f"/v2/loyalty/accounts/{account}", accept=(404,))
+            found = data.get("loyalty_account", {}) if response.status_code == 200 else {}
+            known[account] = found.get("customer_id")
+        return DestinationEvent(
+            id=str(event["id"]),
+            occurred_at=str(event["created_at"]),
+            kind=kind,
+            points=points,
+            external_id=known.get(account) if account else None,
+            account_id=account,
+            location=event.get("location_id"),
+            own=kind == "adjust" and event.get("source") == "LOYALTY_API" and reason.startswith(OWN_REASON),
+            detail=reason or (f"reward {detail['reward_id']}" if detail.get("reward_id") else ""),
+        )
+
     def _call(self, method: str, url: str, body: dict[str, Any] | None = None) -> Fetched:
         return self._client.json_response(method, url, json=body, accept=REFUSED)
+
+    # ------------------------------------------------------------------------- tags (segments, triggers)
+    def push_tags(self, updates: list[TagUpdate]) -> list[WritebackResult]:
+        """Customer groups, one per tag, created once by name (with an idempotency key, so a crash
+        between create and record cannot make two). Each customer joins and leaves the hub's groups
+        only; groups people made stay."""
+        if not updates:
+            return []
+        groups = self._groups()
+        for name in sorted({t for u in updates for t in u.tags} - set(groups)):
+            body = {"idempotency_key": _key("customer-group", name), "group": {"name": name}}
+            data, response = self._call("POST", "/v2/customers/groups", body)
+            if response.status_code >= 300:
+                raise FatalError(f"{self.name}: Square refused to create the customer group {name!r}: {_reason(data)}")
+            groups[name] = data["group"]["id"]
+        names = {gid: name for name, gid in groups.items()}
+        return [self._group_one(update, groups, names) for update in updates]
+
+    def _groups(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for data, _response in self.paging.pages(self._client, "GET", "/v2/customers/groups", params={"limit": 50}):
+            for group in _records(data, "groups", self.name):
+                found.setdefault(group["name"], group["id"])
+        return found
+
+    def _group_one(self, update: TagUpdate, groups: dict[str, str], names: dict[str, str]) -> WritebackResult:
+        cid = update.external_id
+        data, response = self._call("GET", f"/v2/customers/{cid}")
+        if response.status_code >= 300:
+            return WritebackResult(cid, False, f"customer {cid}: {_reason(data)}")
+        current = data["customer"].get("group_ids") or []
+        moves = [("PUT", groups[t]) for t in update.tags if groups[t] not in current]
+        moves += [
+            ("DELETE", g) for g in current if g in names and update.managed(names[g]) and names[g] not in update.tags
+        ]
+        for method, group_id in moves:
+            data, response = self._call(method, f"/v2/customers/{cid}/groups/{group_id}")
+            if response.status_code >= 300:
+                return WritebackResult(cid, False, f"customer {cid}, group {names.get(group_id)}: {_reason(data)}")
+        return WritebackResult(cid, True)
 
 
 def _records(data: Any, key: str, system: str) -> list[dict[str, Any]]:
@@ -312,11 +426,6 @@ def _records(data: Any, key: str, system: str) -> list[dict[str, Any]]:
     if not isinstance(records, list):
         raise FatalError(f"{system}: {key!r} is not a list")
     return records
-
-
-def _account_id(update: WritebackUpdate) -> str | None:
-    value = update.remote.get("loyalty_account_id")
-    return str(value) if value else None
 
 
 def _key(*parts: object) -> str:

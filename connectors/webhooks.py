@@ -88,12 +88,39 @@ def verify_hubspot(
     return _same(hubspot_signature(secret, method, uri, body, str(timestamp)), header)
 
 
+# ------------------------------------------------------------------------------------- MemberHub's own
+def memberhub_signature(secret: str | bytes, timestamp: str | int, body: bytes | str) -> str:
+    """The ``X-MemberHub-Signature`` of the hub's trigger webhooks: base64(HMAC-SHA256(secret,
+    timestamp + "." + raw body)), ``timestamp`` being the ``X-MemberHub-Timestamp`` header (epoch seconds)."""
+    return _sign(secret, str(timestamp).encode() + b"." + _bytes(body))
+
+
+def verify_memberhub(
+    secret: str | bytes,
+    body: bytes | str,
+    timestamp: str | int | None,
+    header: str | None,
+    now: float | None = None,
+    tolerance: float = HUBSPOT_TOLERANCE_SECONDS,
+) -> bool:
+    """What a receiver of the hub's webhooks checks: the signature, and a timestamp within five minutes."""
+    try:
+        sent = int(str(timestamp))
+    except ValueError:
+        return False
+    if abs((time.time() if now is None else now) - sent) > tolerance:
+        return False
+    return _same(memberhub_signature(secret, sent, body), header)
+
+
 __all__ = [
     "HUBSPOT_TOLERANCE_SECONDS",
     "hubspot_signature",
+    "memberhub_signature",
     "shopify_signature",
     "square_signature",
     "verify_hubspot",
+    "verify_memberhub",
     "verify_shopify",
     "verify_square",
 ]

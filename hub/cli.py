@@ -17,6 +17,8 @@ from rich.table import Table
 
 from hub.cli_data import mappings_app, quarantine_app
 from hub.cli_points import points_app
+from hub.cli_privacy import keys_app, privacy_app
+from hub.cli_sync import sync_app
 from schemas.errors import HubError
 
 app = typer.Typer(
@@ -27,12 +29,13 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="The hub database.", no_args_is_help=True)
 connectors_app = typer.Typer(help="Source systems: list, check, discover, sync.", no_args_is_help=True)
-sync_app = typer.Typer(help="Write-back: plan (dry run), push.", no_args_is_help=True)
 for sub, name in (
     (db_app, "db"),
     (connectors_app, "connectors"),
     (mappings_app, "mappings"),
     (points_app, "points"),
+    (privacy_app, "privacy"),
+    (keys_app, "keys"),
     (quarantine_app, "quarantine"),
     (sync_app, "sync"),
 ):
@@ -344,56 +347,23 @@ def connectors_sync(
         )
 
 
-# ------------------------------------------------------------------------------------- sync (write-back)
-@sync_app.command("plan")
-def sync_plan(
-    destination: str, as_json: JsonOption = False, sample: Annotated[int, typer.Option(help="updates to show")] = 5
-) -> None:
-    """What a push would send (dry run): counts and a sample."""
-    hub = _hub()
-    plan = hub.plan(destination)
-    data = {
-        "destination": destination,
-        "to_send": len(plan.updates),
-        "unchanged": plan.unchanged,
-        "sample": [
-            {
-                "external_id": u.external_id,
-                "member_id": u.member_id,
-                "points": u.points,
-                "tier": u.tier,
-                "acknowledged_points": u.acknowledged_points,
-            }
-            for u in plan.updates[:sample]
-        ],
-    }
-    if as_json:
-        _print_json(data)
-    else:
-        console.print(f"{destination}: {data['to_send']} to send, {data['unchanged']} unchanged")
-        for row in data["sample"]:
-            console.print(f"  {row['external_id']} ← {row['member_id']}: {row['points']} points, {row['tier']}")
-
-
-@sync_app.command("push")
-def sync_push(destination: str, as_json: JsonOption = False) -> None:
-    """Send the planned write-backs to one destination."""
-    hub = _hub()
-    with _progress(not as_json) as report:
-        counts = hub.push(destination, progress=report)
-    if as_json:
-        _print_json(counts)
-    else:
-        console.print(f"{destination}: sent {counts['sent']}, failed {counts['failed']}, unchanged {counts['skipped']}")
-        for error in counts["errors"][:10]:
-            err.print(f"  [red]{error}[/]")
-    if counts["failed"]:
-        raise typer.Exit(1)
-
-
 from hub.cli_match import match_command  # noqa: E402 - registered here, defined beside
 
 app.command("match")(match_command)
+
+from hub.cli_status import status_command  # noqa: E402 - registered here, defined beside
+
+app.command("status")(status_command)
+
+from hub.cli_users import serve_command, users_app  # noqa: E402 - registered here, defined beside
+
+app.add_typer(users_app, name="users")
+app.command("serve")(serve_command)
+
+from hub.cli_report import report_command, segments_app  # noqa: E402 - registered here, defined beside
+
+app.command("report")(report_command)
+app.add_typer(segments_app, name="segments")
 
 
 def main() -> None:

@@ -436,6 +436,17 @@ def check_birthday(raw: Any, *, today: date | None = None, day_first: bool | Non
     part is over 12; otherwise it is ambiguous and not guessed. Dates before 1900 or after today,
     and month-day without a year (Square's ``0000-09-21``), give None with the reason."""
     today = today or date.today()
+    if type(raw) is str or type(raw) is int:  # birthdays repeat: each distinct text or number is read once
+        return _check_birthday_cached(raw, today, day_first)
+    return _check_birthday(raw, today, day_first)
+
+
+@lru_cache(maxsize=65536)
+def _check_birthday_cached(raw: str | int, today: date, day_first: bool | None) -> Parsed[date]:
+    return _check_birthday(raw, today, day_first)
+
+
+def _check_birthday(raw: Any, today: date, day_first: bool | None) -> Parsed[date]:
     if raw is None or raw == "":
         return Parsed(None)
     if isinstance(raw, bool):

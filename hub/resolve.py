@@ -27,7 +27,7 @@ from datetime import date
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from hub import ledger
 from hub.resolution.engine import Resolver
@@ -50,6 +50,8 @@ from hub.tables import (
 MATCH_FIELDS = ("family_name", "given_name", "full_name", "phone", "email", "birthday", "gender", "city")
 OPTIONAL_MATCH_FIELDS = ("id_number", "loyalty_card", "postcode", "address")
 """Used when the staged member table has them (another issue adds hashed resident ids)."""
+ID_CHUNK = 10_000
+"""Ids per ``IN (...)`` list."""
 MIN_TRAINING_RECORDS = 1000
 """Below this many staged members the model keeps its settings' starting values."""
 
@@ -102,6 +104,20 @@ def _match_record(member: Any) -> dict[str, Any]:
     return record
 
 
+def _match_records(session: Session) -> dict[int, dict[str, Any]]:
+    """Every staged member's match fields by id, in id order: plain rows, not ORM objects (building
+    an object per member cost more than matching it)."""
+    names = (*MATCH_FIELDS, *OPTIONAL_MATCH_FIELDS)
+    present = [f for f in names if f in StagedMember.__table__.c]
+    columns = [getattr(StagedMember, f) for f in present]
+    rows = session.execute(select(StagedMember.id, *columns).order_by(StagedMember.id))
+    records = {}
+    for row in rows:
+        found = dict(zip(present, row[1:], strict=True))
+        records[row[0]] = {f: found.get(f) for f in names}
+    return records
+
+
 def _fingerprint(record: dict[str, Any]) -> tuple:
     return tuple(record.get(f) for f in (*MATCH_FIELDS, *OPTIONAL_MATCH_FIELDS))
 
@@ -128,9 +144,9 @@ def train_model(session: Session, *, settings: Settings | None = None, actor: st
     next run uses it and re-decides every cluster with it. None when there are too few candidate
     pairs to learn from (settings ``training.min_pairs``): the settings' starting values stay."""
     settings = settings or load_settings()
-    members = list(session.scalars(select(StagedMember).order_by(StagedMember.id)))
+    members = _match_records(session)
     resolver = Resolver(settings)
-    resolver.add([m.id for m in members], [_match_record(m) for m in members], train=True, labels=_labels(session))
+    resolver.add(list(members), list(members.values()), train=True, labels=_labels(session))
     model = resolver.model
     if not model.trained_pairs:
         return None
@@ -171,8 +187,7 @@ def _sync_index(session: Session, settings: Settings, counts: ResolveCounts) -> 
         if index is None or index.model_id != model_id or index.resolver.settings is not settings:
             index = _Index(Resolver(settings, model), model_id, {}, set(), set())
             _INDEXES[key] = index
-    members = list(session.scalars(select(StagedMember).order_by(StagedMember.id)))
-    records = {m.id: _match_record(m) for m in members}
+    records = _match_records(session)
     changed = [i for i, r in records.items() if index.fingerprints.get(i) != _fingerprint(r)]
     gone = [i for i in index.fingerprints if i not in records]
     if gone:
@@ -208,7 +223,9 @@ def resolve(session: Session, *, actor: str = "system", settings: Settings | Non
     for staged_id, head in resolver.clusters().items():
         clusters[head].append(staged_id)
 
-    links = {link.staged_member_id: link for link in session.scalars(select(MemberLink))}
+    # The evidence is only ever replaced here, never read: not loaded (it is most of a link's bytes).
+    unread = defer(MemberLink.evidence)
+    links = {link.staged_member_id: link for link in session.scalars(select(MemberLink).options(unread))}
     golden = {g.member_id: g for g in session.scalars(select(GoldenMember))}
     by_golden: dict[str, list[int]] = defaultdict(list)
     for staged_id, link in links.items():
@@ -227,12 +244,13 @@ def resolve(session: Session, *, actor: str = "system", settings: Settings | Non
 
     next_seq = (session.scalar(select(func.max(GoldenMember.seq))) or 0) + 1
     touched_golden: set[str] = set()
+    scored: list[tuple[MemberLink, Any]] = []  # links whose evidence is scored in one pass below
     for head, staged_ids in sorted(clusters.items(), key=lambda kv: min(kv[1])):
         owners = sorted(claim.get(head, []), key=lambda mid: golden[mid].seq)
         current = {links[s].member_id for s in staged_ids if s in links}
         if owners and current == {owners[0]} and sorted(by_golden[owners[0]]) == sorted(staged_ids):
             if changed.intersection(staged_ids):  # same members, new values: new evidence
-                _evidence(resolver, staged_ids, links)
+                _evidence(resolver, staged_ids, links, scored)
                 touched_golden.add(owners[0])
             continue  # unchanged cluster
         if owners:
@@ -267,7 +285,8 @@ def resolve(session: Session, *, actor: str = "system", settings: Settings | Non
                 link.linked_at = utcnow()
                 counts.relinked += 1
         touched_golden.add(survivor.member_id)
-        _evidence(resolver, staged_ids, links)
+        _evidence(resolver, staged_ids, links, scored)
+    _fill_evidence(resolver, scored)
 
     session.flush()
     pins: dict[str, dict[str, Any]] = defaultdict(dict)
@@ -280,9 +299,10 @@ def resolve(session: Session, *, actor: str = "system", settings: Settings | Non
     touched_golden |= set(pins) & set(members_of)
     touched_golden |= {links[s].member_id for s in changed if s in links}
     needed = sorted({s for member_id in touched_golden for s in members_of.get(member_id, ())})
-    members = (
-        {m.id: m for m in session.scalars(select(StagedMember).where(StagedMember.id.in_(needed)))} if needed else {}
-    )
+    members: dict[int, StagedMember] = {}
+    for start in range(0, len(needed), ID_CHUNK):  # PostgreSQL takes at most 65,535 parameters a statement
+        chunk = needed[start : start + ID_CHUNK]
+        members.update((m.id, m) for m in session.scalars(select(StagedMember).where(StagedMember.id.in_(chunk))))
     for member_id in sorted(touched_golden & set(members_of)):
         staged_ids = members_of[member_id]
         _survive(golden[member_id], [members[s] for s in staged_ids if s in members], settings, pins.get(member_id))
@@ -296,8 +316,11 @@ def resolve(session: Session, *, actor: str = "system", settings: Settings | Non
     return counts
 
 
-def _evidence(resolver: Resolver, staged_ids: list[int], links: dict[int, MemberLink]) -> None:
-    """Each link's evidence: the strongest scored link to another record of its cluster."""
+def _evidence(
+    resolver: Resolver, staged_ids: list[int], links: dict[int, MemberLink], scored: list[tuple[MemberLink, Any]]
+) -> None:
+    """Each link's evidence: the strongest scored link to another record of its cluster. Links that
+    need the scored evidence are added to ``scored`` (with their rule), filled by ``_fill_evidence``."""
     mates = set(staged_ids)
     for staged_id in staged_ids:
         link = links[staged_id]
@@ -311,7 +334,12 @@ def _evidence(resolver: Resolver, staged_ids: list[int], links: dict[int, Member
             else:
                 link.rule, link.evidence = "new", {}
             continue
-        evidence = resolver.explain(staged_id, best.b)
+        scored.append((link, best))
+
+
+def _fill_evidence(resolver: Resolver, scored: list[tuple[MemberLink, Any]]) -> None:
+    found = resolver.explain_many([(best.a, best.b) for _link, best in scored])
+    for (link, best), evidence in zip(scored, found, strict=True):
         evidence["linked_to"] = best.b
         link.rule, link.evidence = best.rule if best.rule != "score" else "probabilistic", evidence
 
@@ -323,11 +351,14 @@ def _review_queue(session: Session, resolver: Resolver) -> int:
     for pair, item in existing.items():
         if item.status in ("open", "deferred") and pair not in wanted:
             item.status, item.updated_at = "obsolete", utcnow()
-    for pair, weight in wanted.items():
+    to_write = [
+        (pair, weight)
+        for pair, weight in wanted.items()
+        if existing.get(pair) is None or existing[pair].status not in ("merged", "rejected")
+    ]
+    found = resolver.explain_many([pair for pair, _weight in to_write])
+    for (pair, weight), evidence in zip(to_write, found, strict=True):
         item = existing.get(pair)
-        if item is not None and item.status in ("merged", "rejected"):
-            continue
-        evidence = resolver.explain(*pair)
         if item is None:
             session.add(
                 ReviewQueueItem(

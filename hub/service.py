@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from connectors import Connector, connector_for
-from hub import ingest, ledger, resolve, staging, tiers, writeback
+from hub import ingest, ledger, resolve, staging, tiers, two_way, writeback
 from hub.config import default_database_url, load_config
 from hub.db import engine_for, upgrade
 from hub.tables import GoldenMember, MemberLink, QuarantineRow, ReviewQueueItem, SourceRecordRow, StagedMember
@@ -127,15 +127,27 @@ class Hub:
         }
 
     def push(self, name: str, progress: Progress = _quiet) -> dict[str, Any]:
+        """Take in the points changed inside ``name`` (two-way), then write it the differences."""
         with self.connector(name) as connector:
+            imported = two_way.import_events(connector, self.session, self.config.programme)
             counts = writeback.push(
                 connector, self.session, self.config.programme, on_batch=lambda n: progress(f"write back {name}", n)
             )
-        return asdict(counts)
+        return {**asdict(counts), "imported": asdict(imported)}
+
+    def import_events(self, name: str) -> dict[str, Any]:
+        """Points redeemed or adjusted inside ``name`` (a Square till) into the ledger; nothing for
+        systems whose balances only the hub changes."""
+        with self.connector(name) as connector:
+            return asdict(two_way.import_events(connector, self.session, self.config.programme))
 
     def plan(self, name: str) -> writeback.Plan:
         with self.session() as session:
             return writeback.plan(session, name, self.config.programme)
+
+    def sync_history(self, name: str | None = None, *, limit: int = 20) -> list[dict[str, Any]]:
+        with self.session() as session:
+            return writeback.history(session, name, limit=limit)
 
     # reading -----------------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from hub.normalise import (
     province_of,
     split_address,
 )
+from hub.privacy.guard import protect_members
 from hub.tables import QuarantineRow, SourceRecordRow, StagedMember, StagedOrder, utcnow
 from mappings import Mapping
 from schemas import Member, Order
@@ -180,6 +181,7 @@ def stage_rows(
                 orders[row.id] = order_values(mapping, row.payload, row.source)
         except Rejected as exc:
             failed[row.id] = (row, exc, mapping)
+    protect_members(session, members)  # blind indexes; forgotten people (hub.privacy) are not staged again
     claims = claims if claims is not None else Claims()
     _claim_source_ids(session, members, StagedMember, rows, failed, claims)
     _claim_source_ids(session, orders, StagedOrder, rows, failed, claims)

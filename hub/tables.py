@@ -25,6 +25,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from hub.privacy.types import EncryptedJSON, EncryptedText, keep_blind_indexes
+
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -96,7 +98,7 @@ class SourceRecordRow(Base):
     source: Mapped[str] = mapped_column(String(64))
     stream: Mapped[str] = mapped_column(String(64))
     external_id: Mapped[str] = mapped_column(String(128))
-    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    payload: Mapped[dict[str, Any]] = mapped_column(EncryptedJSON, doc="sealed: a raw record holds contact data")
     content_hash: Mapped[str] = mapped_column(String(64))
     staged_hash: Mapped[str | None] = mapped_column(String(64), default=None)
     first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -109,8 +111,8 @@ class StagedMember(Base):
     __tablename__ = "staged_members"
     __table_args__ = (
         UniqueConstraint("source", "source_id"),
-        Index("ix_staged_members_phone", "phone"),
-        Index("ix_staged_members_email", "email"),
+        Index("ix_staged_members_phone_bidx", "phone_bidx"),
+        Index("ix_staged_members_email_bidx", "email_bidx"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -121,9 +123,11 @@ class StagedMember(Base):
     full_name: Mapped[str | None] = mapped_column(String(200))
     given_name: Mapped[str | None] = mapped_column(String(100))
     family_name: Mapped[str | None] = mapped_column(String(100))
-    phone_raw: Mapped[str | None] = mapped_column(String(64))
-    phone: Mapped[str | None] = mapped_column(String(20), doc="E.164 when valid")
-    email: Mapped[str | None] = mapped_column(String(254), doc="trimmed, lower-cased")
+    # Contact fields are sealed (hub.privacy) and found by their blind indexes; the city-level
+    # address parts (city, province, district) stay plain: the hub keeps no street address.
+    phone_raw: Mapped[str | None] = mapped_column(EncryptedText)
+    phone: Mapped[str | None] = mapped_column(EncryptedText, doc="E.164 when valid")
+    email: Mapped[str | None] = mapped_column(EncryptedText, doc="trimmed, lower-cased")
     birthday: Mapped[date | None] = mapped_column(Date)
     gender: Mapped[str | None] = mapped_column(String(8))
     city: Mapped[str | None] = mapped_column(String(64))
@@ -138,8 +142,12 @@ class StagedMember(Base):
     province: Mapped[str | None] = mapped_column(String(32))
     district: Mapped[str | None] = mapped_column(String(64))
     flags: Mapped[dict[str, Any] | None] = mapped_column(
-        JSON, default=dict, doc="field -> why its value was dropped or kept raw (invalid phone, no birth year…)"
+        EncryptedJSON,
+        default=dict,
+        doc="field -> why its value was dropped or kept raw (invalid phone, no birth year…); sealed: it quotes values",
     )
+    phone_bidx: Mapped[str | None] = mapped_column(String(32), doc="blind index of phone (hub.privacy)")
+    email_bidx: Mapped[str | None] = mapped_column(String(32), doc="blind index of email (hub.privacy)")
 
 
 class StagedOrder(Base):
@@ -176,10 +184,12 @@ class GoldenMember(Base):
     status: Mapped[str] = mapped_column(String(12), default="active", doc="active | merged")
     merged_into: Mapped[str | None] = mapped_column(String(16))
     full_name: Mapped[str | None] = mapped_column(String(200))
-    phone: Mapped[str | None] = mapped_column(String(20))
-    email: Mapped[str | None] = mapped_column(String(254))
+    phone: Mapped[str | None] = mapped_column(EncryptedText)
+    email: Mapped[str | None] = mapped_column(EncryptedText)
     birthday: Mapped[date | None] = mapped_column(Date)
     city: Mapped[str | None] = mapped_column(String(64))
+    phone_bidx: Mapped[str | None] = mapped_column(String(32), index=True, doc="kept by hub.privacy on every set")
+    email_bidx: Mapped[str | None] = mapped_column(String(32), index=True, doc="kept by hub.privacy on every set")
     lineage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, doc="field -> source record and rule")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -274,9 +284,9 @@ class QuarantineRow(Base):
     source: Mapped[str] = mapped_column(String(64))
     stream: Mapped[str] = mapped_column(String(64))
     external_id: Mapped[str | None] = mapped_column(String(128))
-    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    payload: Mapped[dict[str, Any]] = mapped_column(EncryptedJSON)
     field: Mapped[str | None] = mapped_column(String(64))
-    reason: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(EncryptedText, doc="sealed: it may quote the bad value (an email)")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     payload_hash: Mapped[str | None] = mapped_column(String(64), doc="records that never got an id: one row each")
     mapping_hash: Mapped[str | None] = mapped_column(String(64), doc="the mapping file version that failed")
@@ -296,7 +306,9 @@ class WritebackState(Base):
     tier: Mapped[str | None] = mapped_column(String(32))
     remote: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     acknowledged_at: Mapped[datetime | None] = mapped_column()
-    last_error: Mapped[str | None] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(EncryptedText, doc="sealed: a refusal may quote the phone")
+    ledger_mark: Mapped[int | None] = mapped_column(BigInteger, doc="the last ledger entry id the points include")
+    skipped: Mapped[str | None] = mapped_column(Text, doc="a part deliberately not written, and why")
 
 
 class WritebackRun(Base):
@@ -309,6 +321,8 @@ class WritebackRun(Base):
     sent: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
     skipped: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(16), default="running", doc="running, finished or failed")
+    error: Mapped[str | None] = mapped_column(Text, doc="why the run stopped, or a sample of row failures")
 
 
 class AuditLog(Base):
@@ -320,8 +334,8 @@ class AuditLog(Base):
     action: Mapped[str] = mapped_column(String(64))
     entity: Mapped[str] = mapped_column(String(64))
     entity_id: Mapped[str] = mapped_column(String(160))
-    before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    after: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    before: Mapped[dict[str, Any] | None] = mapped_column(EncryptedJSON, doc="sealed: may hold a pinned phone")
+    after: Mapped[dict[str, Any] | None] = mapped_column(EncryptedJSON)
 
 
 class PointsAccount(Base):
@@ -495,7 +509,7 @@ class GoldenFieldPin(Base):
 
     member_id: Mapped[str] = mapped_column(String(16), primary_key=True)
     field: Mapped[str] = mapped_column(String(32), primary_key=True)
-    value: Mapped[str | None] = mapped_column(Text)
+    value: Mapped[str | None] = mapped_column(EncryptedText, doc="sealed: a pinned phone or email")
     pinned_by: Mapped[str] = mapped_column(String(64))
     pinned_at: Mapped[datetime] = mapped_column(default=utcnow)
     reason: Mapped[str | None] = mapped_column(Text)
@@ -514,3 +528,270 @@ class MatchModelRow(Base):
     pairs: Mapped[int] = mapped_column(BigInteger, default=0)
     labelled_pairs: Mapped[int] = mapped_column(BigInteger, default=0)
     created_by: Mapped[str] = mapped_column(String(64), default="system")
+
+
+class Account(Base):
+    """A person or a till that signs in to the console or the API. ``role``: admin | steward | clerk |
+    auditor; a clerk sees only the members and points of ``stores``. The password is an argon2 hash."""
+
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    stores: Mapped[list[str]] = mapped_column(JSON, default=list, doc="store codes a clerk may see")
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiToken(Base):
+    """An API token: only its SHA-256 is kept (a token is 256 random bits; it is shown once)."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16), doc="the first characters, to tell tokens apart")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+
+class WebSession(Base):
+    """A console sign-in: the cookie holds a random id, the table its SHA-256 and the CSRF token."""
+
+    __tablename__ = "web_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+
+
+class IdempotencyRecord(Base):
+    """The response to a write sent with an ``Idempotency-Key``: a retry with the same key and body
+    gets it again; the same key with another body is refused."""
+
+    __tablename__ = "idempotency_keys"
+
+    account_id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64), doc="method, path and body")
+    status_code: Mapped[int] = mapped_column(Integer)
+    response: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PrivacyTombstone(Base):
+    """A person erased by ``memberhub privacy forget``: a record that carries one of their keys is not
+    staged again, however often a source sends it. Keys are keyed hashes, never the values: ``kind``
+    source_id (of ``source:source_id``), email or resident_id; ``member_id`` is the golden id forgotten."""
+
+    __tablename__ = "privacy_tombstones"
+    __table_args__ = (UniqueConstraint("kind", "key"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    key: Mapped[str] = mapped_column(String(64))
+    member_id: Mapped[str] = mapped_column(String(16), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(64))
+
+
+keep_blind_indexes(GoldenMember, StagedMember)
+
+
+# -- segments, RFM, churn risk, marketing triggers (hub.segments, hub.analytics, hub.triggers) ---------
+class MemberMetrics(Base):
+    """The member view (会员画像) that segment rules read: one row per active golden member, rebuilt
+    in the database by ``hub.analytics.metrics.refresh``. Columns are documented in hub/segments.yaml."""
+
+    __tablename__ = "member_metrics"
+
+    member_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    tier: Mapped[str | None] = mapped_column(String(32))
+    city: Mapped[str | None] = mapped_column(String(64))
+    home_store: Mapped[str | None] = mapped_column(String(32))
+    home_store_city: Mapped[str | None] = mapped_column(String(64))
+    birthday: Mapped[date | None] = mapped_column(Date)
+    marketing_consent: Mapped[bool | None] = mapped_column(Boolean)
+    enrolled_at: Mapped[datetime | None] = mapped_column()
+    first_order_at: Mapped[datetime | None] = mapped_column()
+    last_order_at: Mapped[datetime | None] = mapped_column()
+    orders: Mapped[int] = mapped_column(Integer, default=0)
+    spend: Mapped[float] = mapped_column(Numeric(18, 2, asdecimal=False), default=0)
+    avg_order_value: Mapped[float | None] = mapped_column(Numeric(18, 2, asdecimal=False))
+    store_orders: Mapped[int] = mapped_column(Integer, default=0)
+    online_orders: Mapped[int] = mapped_column(Integer, default=0)
+    stores: Mapped[int] = mapped_column(Integer, default=0)
+    points: Mapped[int] = mapped_column(BigInteger, default=0)
+    days_since_first_order: Mapped[int | None] = mapped_column(Integer)
+    days_since_last_order: Mapped[int | None] = mapped_column(Integer)
+    tenure_days: Mapped[int | None] = mapped_column(Integer)
+    typical_interval_days: Mapped[float | None] = mapped_column(doc="the gap churn risk compares against")
+    interval_basis: Mapped[str | None] = mapped_column(String(8), doc="own | chain: whose typical gap that is")
+    churn_risk: Mapped[float | None] = mapped_column()
+    r_score: Mapped[int | None] = mapped_column(Integer)
+    f_score: Mapped[int | None] = mapped_column(Integer)
+    m_score: Mapped[int | None] = mapped_column(Integer)
+    aov_score: Mapped[int | None] = mapped_column(Integer)
+    computed_at: Mapped[datetime] = mapped_column()
+
+
+class MemberStoreRfm(Base):
+    """RFM per store: a member's recency, frequency and spend at one store, scored among that store's buyers."""
+
+    __tablename__ = "member_store_rfm"
+
+    store_code: Mapped[str] = mapped_column(String(32), primary_key=True)
+    member_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    orders: Mapped[int] = mapped_column(Integer)
+    pos_orders: Mapped[int] = mapped_column(Integer, doc="of them, till orders")
+    spend: Mapped[float] = mapped_column(Numeric(18, 2, asdecimal=False))
+    first_order_at: Mapped[datetime] = mapped_column()
+    last_order_at: Mapped[datetime] = mapped_column()
+    r_score: Mapped[int] = mapped_column(Integer)
+    f_score: Mapped[int] = mapped_column(Integer)
+    m_score: Mapped[int] = mapped_column(Integer)
+
+
+class SegmentRun(Base):
+    """One recomputation of the member view and every segment."""
+
+    __tablename__ = "segment_runs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column()
+    as_of: Mapped[datetime] = mapped_column(doc="the moment the figures describe")
+    members: Mapped[int] = mapped_column(BigInteger, default=0)
+    definitions_hash: Mapped[str] = mapped_column(String(64))
+    sizes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, doc="segment -> members, entered, left")
+
+
+class SegmentMembership(Base):
+    """Who is in which segment now (会员分类)."""
+
+    __tablename__ = "segment_memberships"
+
+    segment: Mapped[str] = mapped_column(String(64), primary_key=True)
+    member_id: Mapped[str] = mapped_column(String(16), primary_key=True, index=True)
+    entered_at: Mapped[datetime] = mapped_column()
+    run_id: Mapped[int] = mapped_column(BigId)
+
+
+class SegmentChange(Base):
+    """Segment history: a row each time a member enters or leaves a segment."""
+
+    __tablename__ = "segment_history"
+    __table_args__ = (Index("ix_segment_history_run", "run_id", "segment", "change"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(BigId)
+    segment: Mapped[str] = mapped_column(String(64))
+    member_id: Mapped[str] = mapped_column(String(16), index=True)
+    change: Mapped[str] = mapped_column(String(8), doc="entered | left")
+    at: Mapped[datetime] = mapped_column()
+
+
+class TagWritebackState(Base):
+    """Segment and event tags (标签) a destination should show for one of its customers, and what it
+    last acknowledged; only the difference is sent."""
+
+    __tablename__ = "tag_writeback_state"
+
+    destination: Mapped[str] = mapped_column(String(64), primary_key=True)
+    external_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    member_id: Mapped[str] = mapped_column(String(16), index=True)
+    acknowledged: Mapped[list[str]] = mapped_column(JSON, default=list, doc="the tags the destination confirmed")
+    remote: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, doc="ids the destination gave (groups…)")
+    acknowledged_at: Mapped[datetime | None] = mapped_column()
+    last_error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, doc="sends since the last acknowledgement")
+
+
+class MarketingEvent(Base):
+    """An automation trigger (营销自动化) for one member and period: emitted once, whatever the re-runs."""
+
+    __tablename__ = "marketing_events"
+    __table_args__ = (UniqueConstraint("kind", "member_id", "period"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    member_id: Mapped[str] = mapped_column(String(16), index=True)
+    period: Mapped[str] = mapped_column(String(64), doc="what makes it once: 2025-06, a lot's expiry date…")
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column()
+    tag_until: Mapped[datetime | None] = mapped_column(doc="its tag shows in the CRMs until then")
+    delivered_at: Mapped[datetime | None] = mapped_column(doc="the webhook receiver acknowledged it")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class WebhookDelivery(Base):
+    """The delivery log: one row per attempt to post an event to the configured webhook URL."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("marketing_events.id"), index=True)
+    url: Mapped[str] = mapped_column(String(500))
+    attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column()
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class DestinationEventRow(Base):
+    """A points change made inside a destination (a redemption at a Square till), as the hub took it
+    in: imported into the ledger, recognised as the hub's own write, ignored, or waiting for its
+    customer to be known (``unmatched``, tried again every run) or refused by the ledger."""
+
+    __tablename__ = "destination_events"
+
+    destination: Mapped[str] = mapped_column(String(64), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    occurred_at: Mapped[datetime] = mapped_column(index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    points: Mapped[int] = mapped_column(BigInteger)
+    external_id: Mapped[str | None] = mapped_column(String(128))
+    member_id: Mapped[str | None] = mapped_column(String(16), index=True)
+    outcome: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str | None] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookEventRow(Base):
+    """A webhook a source system sent, verified and stored once (its ``event_id`` is unique per
+    system: a redelivery is not stored again). ``processed_at`` is set once a pull of that system
+    has covered it."""
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (UniqueConstraint("system", "event_id"), Index("ix_webhook_events_pending", "processed_at", "id"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    system: Mapped[str] = mapped_column(String(64), doc="the connector it came from")
+    event_id: Mapped[str] = mapped_column(String(128), doc="the sender's id of the event (or of the delivery)")
+    topic: Mapped[str] = mapped_column(String(64), doc="orders/create, customer.updated, contact.creation…")
+    object_id: Mapped[str | None] = mapped_column(String(128), doc="the customer or order it is about")
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    payload: Mapped[dict[str, Any]] = mapped_column(EncryptedJSON, doc="sealed: it may hold contact data")
+    processed_at: Mapped[datetime | None] = mapped_column()
+
+
+class PipelineRunRow(Base):
+    """How a Dagster run ended, as the run-status sensors (or the in-process runner) saw it, for
+    ``memberhub status``: the last runs and the failures with their reasons."""
+
+    __tablename__ = "pipeline_runs"
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_name: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16), doc="success | failure | canceled")
+    trigger: Mapped[str | None] = mapped_column(String(64), doc="schedule, sensor or cli that started it")
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    error: Mapped[str | None] = mapped_column(Text, doc="failure: which steps failed and why")

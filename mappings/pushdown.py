@@ -194,9 +194,11 @@ def rule_sql(rule: FieldRule, mapping: Mapping, dialect: str, stores: StoreMap |
     return _Renderer(dialect, mapping, stores or load_stores()).render(rule.tree).sql(dialect=dialect)
 
 
-def select_sql(mapping: Mapping, dialect: str, *, stores: StoreMap | None = None) -> str:
-    """``SELECT id, <field> AS "<target>", …`` over the mapping's stream in ``source_records``, with
-    bind parameters ``:source`` (the connector name) and ``:stream``."""
+def select_sql(mapping: Mapping, dialect: str, *, stores: StoreMap | None = None, table: str = "source_records") -> str:
+    """``SELECT id, <field> AS "<target>", …`` over the mapping's stream in ``table``, with bind
+    parameters ``:source`` (the connector name) and ``:stream``. The hub's own ``source_records``
+    seals its payloads (hub.privacy), which SQL cannot read: give a table of plain JSON payloads
+    with the same ``id, source, stream, payload`` columns."""
     renderer = _Renderer(dialect, mapping, stores or load_stores())
     columns = [exp.column("id")]
     for rule in mapping.fields:
@@ -208,7 +210,7 @@ def select_sql(mapping: Mapping, dialect: str, *, stores: StoreMap | None = None
     # The one parse of each payload happens in the subquery; bind parameters stay in :name form
     # for SQLAlchemy's text() on every backend.
     return (
-        f"SELECT {fields} FROM (SELECT id, {payload} AS {PAYLOAD} FROM source_records "
+        f"SELECT {fields} FROM (SELECT id, {payload} AS {PAYLOAD} FROM {exp.to_identifier(table).sql(dialect=dialect)} "
         "WHERE source = :source AND stream = :stream) AS r"
     )
 

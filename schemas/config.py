@@ -21,6 +21,9 @@ SystemKind = Literal["shopify", "square", "hubspot", "odoo", "sql", "spreadsheet
 API_KINDS = frozenset({"shopify", "square", "hubspot", "odoo"})
 """Kinds that speak a system's HTTP API, at ``base_url``."""
 
+WEBHOOK_KINDS = frozenset({"shopify", "square", "hubspot"})
+"""Kinds whose systems push signed webhooks the hub takes in (``POST /webhooks/{connector}``)."""
+
 MAPPED_BY_NAME = frozenset({"sql", "spreadsheet"})
 """Kinds whose records take the shape of one deployment (a legacy schema, a spreadsheet's columns):
 their mapping files name the connector (``source: legacy_pos``), not the kind, and they are read
@@ -82,6 +85,8 @@ _ONLY_FOR: dict[str, frozenset[str]] = {
     "database": API_KINDS,
     "login": API_KINDS,
     "locations": API_KINDS,
+    "webhook_secret": WEBHOOK_KINDS,
+    "webhook_url": WEBHOOK_KINDS,
     "url": frozenset({"sql"}),
     "streams": frozenset({"sql"}),
     "path": frozenset({"spreadsheet"}),
@@ -119,6 +124,17 @@ class ConnectorConfig(Canonical):
     )
     page_size: int | None = Field(default=None, gt=0, description="records per page; the API's maximum if unset")
     enabled: bool = True
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="shopify, square, hubspot: the key that signs this system's webhooks (Shopify's app secret, "
+        "Square's subscription signature key, HubSpot's client secret); use ${ENV_VAR}. Unset: webhooks from it "
+        "are refused",
+    )
+    webhook_url: str | None = Field(
+        default=None,
+        description="square, hubspot: the public URL the system was told to send webhooks to, exactly as "
+        "registered (they sign it); unset: the URL the request arrived at, right unless a proxy stands between",
+    )
 
     # kind sql -----------------------------------------------------------------------------------
     url: SecretStr | None = Field(
@@ -463,9 +479,37 @@ class ProgrammeConfig(Canonical):
         return self
 
 
+class OrchestrationConfig(Canonical):
+    """When Dagster runs what, and what stops a write-back (read by orchestration/)."""
+
+    sync_cron: str = Field(
+        default="*/15 * * * *", description="cron of the incremental sync of every connector (pull to write-back)"
+    )
+    nightly_cron: str = Field(
+        default="30 2 * * *", description="cron of the nightly jobs: release pending points, expire lots, review tiers"
+    )
+    timezone: str = Field(default="Asia/Shanghai", description="the IANA zone the two crons are read in")
+    event_poll_seconds: int = Field(
+        default=5, ge=1, description="how often the webhook sensor looks for new events; a purchase's points show "
+        "about this long plus one incremental run after its webhook"
+    )
+    max_quarantine_rate: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="write-back stops while any source has more than this share of its records in quarantine",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        return _iana_zone(value)
+
+
 class HubConfig(Canonical):
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; unset means the embedded SQLite under .memberhub/"
     )
     programme: ProgrammeConfig = Field(default_factory=ProgrammeConfig)
     connectors: dict[str, ConnectorConfig] = Field(default_factory=dict)
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)

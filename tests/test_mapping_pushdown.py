@@ -5,12 +5,13 @@ from datetime import date
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import JSON, Column, Integer, MetaData, Table, Text, select, text
 from sqlalchemy.orm import sessionmaker
 
 from connectors import Page
 from hub.db import engine_for
 from hub.ingest import store_page
+from hub.tables import SourceRecordRow
 from mappings import load_mapping, load_mappings
 from mappings.pushdown import pushable, select_sql
 from schemas.errors import MappingError
@@ -92,11 +93,26 @@ def test_pushdown_matches_python(database_url, mapping):
 
 
 def compare(sessions, database_url, mapping):
+    """Over a plain copy of the stored records: the hub seals source_records.payload (hub.privacy)."""
     with sessions() as session, session.begin():
         store_page(session, "shop", "customers", "id", Page(RECORDS))
+        plain = Table(
+            "plain_records",
+            MetaData(),
+            Column("id", Integer),
+            Column("source", Text),
+            Column("stream", Text),
+            Column("payload", JSON),
+        )
+        plain.create(session.connection())
+        stored = session.execute(
+            select(SourceRecordRow.id, SourceRecordRow.source, SourceRecordRow.stream, SourceRecordRow.payload)
+        ).mappings()
+        session.execute(plain.insert(), [dict(r) for r in stored])
     dialect = "postgres" if database_url.startswith("postgresql") else "sqlite"
     with sessions() as session:
-        rows = session.execute(text(select_sql(mapping, dialect)), {"source": "shop", "stream": "customers"}).mappings()
+        query = text(select_sql(mapping, dialect, table="plain_records"))
+        rows = session.execute(query, {"source": "shop", "stream": "customers"}).mappings()
         pushed = {str(r["source_id"]): dict(r) for r in rows}
     for record in RECORDS:
         python = {rule.target: rule.compiled(record) for rule in mapping.fields}

@@ -292,4 +292,4 @@ def test_writeback_sends_only_differences(sessions, mappings):
         plan = writeback.plan(session, "pos", ProgrammeConfig())
     change = next(u for u in plan.updates if u.external_id == "1")
     assert (change.points, change.acknowledged_points) == (150, 120)
-    assert change.idempotency_key == writeback.idempotency_key("pos", "1", 120, 150)
+    assert change.idempotency_key == writeback.idempotency_key("pos", "1", change.member_id, change.ledger_mark, 150)

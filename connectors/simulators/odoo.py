@@ -190,7 +190,7 @@ _LABELS = {
     "loyalty.card": "Loyalty Coupon",
     "loyalty.program": "Loyalty Program",
 }
-_WRITABLE = {"res.partner": {"write"}, "loyalty.card": {"write", "create"}}
+_WRITABLE = {"res.partner": {"write"}, "loyalty.card": {"write", "create"}, "res.partner.category": {"create"}}
 _READ_ONLY_FIELDS = {"id", "create_date", "write_date", "display_name"}
 _DEFAULT_ORDER = {"res.partner": "name asc, id desc", "sale.order": "date_order desc, id desc", "pos.order": "id desc"}
 _SIGNATURES = {
@@ -884,6 +884,21 @@ class OdooSimulator(Simulator):
                 self.tables["loyalty.card"].put(card)
                 new_ids.append(card["id"])
                 self._dirty.add(("loyalty.card", card["id"]))
+            elif table.name == "res.partner.category":  # a contact tag: a name, unique as Odoo's constraint keeps it
+                name = changes.get("name")
+                if not name:
+                    raise _value_error("The following required fields are missing: Tag Name")
+                if any(r.get("name") == name for r in table.records.values()):
+                    raise OdooError(
+                        "psycopg2.errors.UniqueViolation",
+                        'duplicate key value violates unique constraint "res_partner_category_name_uniq"\n'
+                        f"DETAIL:  Key (name)=({name}) already exists.",
+                    )
+                stamp = _now()
+                tag = {"id": table.next_id, "name": name, "create_date": stamp, "write_date": stamp}
+                table.put(tag)
+                new_ids.append(tag["id"])
+                self._dirty.add((table.name, tag["id"]))
         return new_ids[0] if single else new_ids
 
     # ------------------------------------------------------------------------- values

@@ -15,7 +15,8 @@ import math
 import re
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -138,10 +139,12 @@ class ShopifySimulator(Simulator):
             customer_of[member.person_id] = CUSTOMER_BASE + n
         self._orders: dict[int, dict[str, Any]] = {}
         spent: dict[int, list[Any]] = {}
+        self._copies: dict[int, tuple[int, OrderCopy]] = {}  # order id -> (its number, what it was made from)
         for n, order in enumerate(orders, start=1):
             customer_id = customer_of[order.person_id]
             record = self._order(n, order, customer_id)
             self._orders[record["id"]] = record
+            self._copies[record["id"]] = (n, order)
             tally = spent.setdefault(customer_id, [0, Decimal(0), None])
             tally[0] += 1
             if record["cancelled_at"] is None:
@@ -162,10 +165,12 @@ class ShopifySimulator(Simulator):
         self.metafields: dict[int, dict[str, Any]] = {}
         self._owned: dict[tuple[int, str, str], int] = {}  # (customer, namespace, key) -> metafield id
         self._next_metafield = METAFIELD_BASE + 1
+        self.customer_tags: dict[int, str] = {}  # tags written through the API, kept by save()
 
         self.route("GET", rf"{API}/shop\.json", self._limited(self._shop))
         self.route("GET", rf"{API}/customers\.json", self._limited(self._list_customers))
         self.route("GET", rf"{API}/customers/(?P<id>\d+)\.json", self._limited(self._get_customer))
+        self.route("PUT", rf"{API}/customers/(?P<id>\d+)\.json", self._limited(self._update_customer))
         self.route("GET", rf"{API}/orders\.json", self._limited(self._list_orders))
         self.route("GET", rf"{API}/customers/(?P<id>\d+)/metafields\.json", self._limited(self._list_metafields))
         self.route("POST", rf"{API}/customers/(?P<id>\d+)/metafields\.json", self._limited(self._create_metafield))
@@ -588,6 +593,27 @@ class ShopifySimulator(Simulator):
         metafield.update(value=value, type=kind, updated_at=_stamp(datetime.now(SHOP_TZ)))
         return Response(200, {"metafield": metafield})
 
+    def _update_customer(self, request: Request, match: re.Match[str]) -> Response:
+        """``PUT customers/{id}.json``: the hub writes only ``tags`` (a comma-separated string, as Shopify
+        keeps them: trimmed, duplicates dropped, at most 250 of 255 characters each)."""
+        customer = self._customers.get(int(match["id"]))
+        if customer is None:
+            return self.not_found(request)
+        given = request.json()
+        fields = given.get("customer") if isinstance(given, dict) else None
+        if not isinstance(fields, dict):
+            raise _Invalid("customer", "Required parameter missing or invalid")
+        unknown = sorted(set(fields) - {"id", "tags"})
+        if unknown:
+            raise _Invalid(unknown[0], "is not writable through this simulator")
+        if "tags" in fields:
+            tags = list(dict.fromkeys(t.strip() for t in str(fields["tags"] or "").split(",") if t.strip()))
+            if len(tags) > 250 or any(len(t) > 255 for t in tags):
+                raise _Invalid("tags", "too many tags or a tag is longer than 255 characters", status=422)
+            self.customer_tags[customer["id"]] = ", ".join(tags)
+            customer.update(tags=", ".join(tags), updated_at=_stamp(datetime.now(SHOP_TZ)))
+        return Response(200, {"customer": customer})
+
     # ------------------------------------------------------------------------- hub and tests
     def truth(self) -> dict[str, str | int]:
         return {str(customer_id): person for customer_id, person in self._person.items()}
@@ -612,6 +638,44 @@ class ShopifySimulator(Simulator):
             customer.update(fields, updated_at=_stamp(datetime.now(SHOP_TZ)))
             return customer
 
+    def place_order(self, customer_id: int | str, lines: list[tuple[str, int]]) -> dict[str, Any]:
+        """A customer buys online now (for tests): a new paid order of ``(sku, quantity)`` lines at the
+        catalogue's prices. Like ``touch``, not kept by ``save``."""
+        with self.lock:
+            customer = self._customers[int(customer_id)]
+            prices = {sku: (title, price) for sku, title, price in PRODUCTS}
+            now = datetime.now(UTC)
+            copy = OrderCopy(
+                person_id=self._person[customer["id"]],
+                system=self.system,
+                store_code="ONLINE",
+                ordered_at=now,
+                updated_at=now,
+                lines=[(sku, prices[sku][0], quantity, prices[sku][1]) for sku, quantity in lines],
+                status="paid",
+            )
+            return self._put_order(max(n for n, _ in self._copies.values()) + 1, copy, customer["id"])
+
+    def refund_order(self, order_id: int | str, amount: Decimal | None = None) -> dict[str, Any]:
+        """The shop refunds an order now (for tests), wholly unless ``amount`` is given."""
+        with self.lock:
+            n, copy = self._copies[int(order_id)]
+            refunded = replace(copy, status="refunded", refunded=amount or copy.total, updated_at=datetime.now(UTC))
+            return self._put_order(n, refunded, self._orders[int(order_id)]["customer"]["id"])
+
+    def _put_order(self, n: int, copy: OrderCopy, customer_id: int) -> dict[str, Any]:
+        record = self._order(n, copy, customer_id)
+        buyer = self._customers[customer_id]
+        record["email"] = record["contact_email"] = buyer["email"]
+        record["customer"].update(
+            email=buyer["email"], first_name=buyer["first_name"], last_name=buyer["last_name"], phone=buyer["phone"]
+        )
+        if record["id"] not in self._orders:
+            bisect.insort(self._order_ids, record["id"])
+        self._orders[record["id"]] = record
+        self._copies[record["id"]] = (n, copy)
+        return record
+
     def send_webhook(self, url: str, topic: str, resource: dict[str, Any] | int | str) -> httpx.Response:
         """Send the webhook Shopify sends for a change, signed with ``webhook_secret``: ``resource``
         is the customer or order (or its id) as the API now shows it."""
@@ -631,13 +695,21 @@ class ShopifySimulator(Simulator):
         return [self._orders[i] for i in self._order_ids]
 
     def state(self) -> dict[str, Any]:
-        return {"metafields": list(self.metafields.values()), "next_metafield": self._next_metafield}
+        return {
+            "metafields": list(self.metafields.values()),
+            "next_metafield": self._next_metafield,
+            "customer_tags": {str(k): v for k, v in self.customer_tags.items()},
+        }
 
     def load_state(self, state: dict[str, Any]) -> None:
         with self.lock:
             self.metafields = {int(m["id"]): m for m in state.get("metafields", [])}
             self._owned = {(m["owner_id"], m["namespace"], m["key"]): i for i, m in self.metafields.items()}
             self._next_metafield = max(int(state.get("next_metafield", 0)), self._next_metafield)
+            for key, tags in state.get("customer_tags", {}).items():
+                if int(key) in self._customers:
+                    self.customer_tags[int(key)] = tags
+                    self._customers[int(key)]["tags"] = tags
 
 
 # ----------------------------------------------------------------------------- helpers

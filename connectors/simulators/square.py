@@ -188,12 +188,18 @@ class SquareSimulator(Simulator):
         self.idempotency: dict[str, dict[str, Any]] = {}
         self.customer_changes: dict[str, dict[str, Any]] = {}
         self._counter = 0
+        self.groups: dict[str, dict[str, Any]] = {}  # customer groups, by id
+        self.group_members: dict[str, list[str]] = {}  # customer id -> its group ids (kept by save)
         self._enrol(enrolled_share)
 
         routes: list[tuple[str, str, Callable[[Request, re.Match[str]], Response]]] = [
             ("GET", r"/v2/locations", self._list_locations),
             ("GET", r"/v2/customers", self._list_customers),
             ("POST", r"/v2/customers/search", self._search_customers),
+            ("GET", r"/v2/customers/groups", self._list_groups),
+            ("POST", r"/v2/customers/groups", self._create_group),
+            ("PUT", r"/v2/customers/(?P<id>[^/]+)/groups/(?P<group>[^/]+)", self._add_to_group),
+            ("DELETE", r"/v2/customers/(?P<id>[^/]+)/groups/(?P<group>[^/]+)", self._remove_from_group),
             ("POST", r"/v2/customers/custom-attribute-definitions", self._create_definition),
             ("GET", r"/v2/customers/custom-attribute-definitions/(?P<key>[^/]+)", self._get_definition),
             ("POST", r"/v2/customers/custom-attributes/bulk-upsert", self._bulk_upsert),
@@ -584,6 +590,61 @@ class SquareSimulator(Simulator):
         if phone:
             self._phones.setdefault(phone, []).append(cid)
 
+    # ------------------------------------------------------------------------- customer groups
+    def _list_groups(self, request: Request, match: re.Match[str]) -> Response:
+        limit = _limit(request.arg("limit"), 50, 50, "limit")
+        ordered = sorted(self.groups.values(), key=lambda g: (g["created_at"], g["id"]))
+        start = int(request.arg("cursor") or 0)
+        page = ordered[start : start + limit]
+        body: dict[str, Any] = {"groups": page} if page else {}
+        if start + limit < len(ordered):
+            body["cursor"] = str(start + limit)
+        return Response(200, body)
+
+    def _create_group(self, request: Request, match: re.Match[str]) -> Response:
+        body = _body(request)
+        group = _object(body.get("group"), "group")
+        name = group.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise _Refusal(400, "MISSING_REQUIRED_PARAMETER", "Field must be set", "group.name")
+
+        def create() -> Response:
+            if any(g["name"] == name for g in self.groups.values()):
+                raise _Refusal(400, "CONFLICT", f"A customer group named `{name}` already exists.", "group.name")
+            self._counter += 1
+            now = _stamp(datetime.now(UTC))
+            group_id = square_id(self.seed, "group", self._counter)
+            made = {"id": group_id, "name": name, "created_at": now, "updated_at": now}
+            self.groups[made["id"]] = made
+            return Response(200, {"group": made})
+
+        return self._idempotent("customer-group", body, body, create)
+
+    def _membership(self, match: re.Match[str]) -> tuple[dict[str, Any], str]:
+        customer = self._existing_customer(match["id"])
+        if match["group"] not in self.groups:
+            raise _Refusal(404, "NOT_FOUND", f"Customer group with ID `{match['group']}` not found.")
+        return customer, match["group"]
+
+    def _add_to_group(self, request: Request, match: re.Match[str]) -> Response:
+        customer, group = self._membership(match)
+        held = self.group_members.setdefault(customer["id"], [])
+        if group not in held:
+            held.append(group)
+        customer["group_ids"] = list(held)
+        return Response(200, {})
+
+    def _remove_from_group(self, request: Request, match: re.Match[str]) -> Response:
+        customer, group = self._membership(match)
+        held = self.group_members.setdefault(customer["id"], [])
+        if group in held:
+            held.remove(group)
+        if held:
+            customer["group_ids"] = list(held)
+        else:
+            customer.pop("group_ids", None)
+        return Response(200, {})
+
     # ------------------------------------------------------------------------- orders
     def _search_orders(self, request: Request, match: re.Match[str]) -> Response:
         body = _body(request)
@@ -778,6 +839,7 @@ class SquareSimulator(Simulator):
         at: datetime,
         order: dict[str, Any] | None = None,
         reason: str | None = None,
+        source: str | None = None,
     ) -> dict[str, Any]:
         self._counter += 1
         account["balance"] += points
@@ -789,9 +851,12 @@ class SquareSimulator(Simulator):
             "type": kind,
             "created_at": _stamp(at),
             "loyalty_account_id": account["id"],
-            "source": "SQUARE" if order is not None else "LOYALTY_API",
+            "source": source or ("SQUARE" if order is not None else "LOYALTY_API"),
         }
-        if kind == "ACCUMULATE_POINTS":
+        if kind == "CREATE_REWARD":
+            # a reward made at the till names no reward_id (only Loyalty API rewards do)
+            event["create_reward"] = {"loyalty_program_id": self.program["id"], "points": points}
+        elif kind == "ACCUMULATE_POINTS":
             event["accumulate_points"] = {"loyalty_program_id": self.program["id"], "points": points}
             if order is not None:
                 event["accumulate_points"]["order_id"] = order["id"]
@@ -1063,6 +1128,43 @@ class SquareSimulator(Simulator):
                 shown[cid] = (balances.get(cid), tier["value"] if tier else None)
             return shown
 
+    def redeem_at_till(self, customer_id: str, points: int, location_id: str | None = None) -> dict[str, Any]:
+        """A cashier redeems a reward for ``points`` on the customer's loyalty account at the till
+        (for tests): a ``CREATE_REWARD`` event taking the points, then ``REDEEM_REWARD`` as the
+        order is paid, both with source ``SQUARE``. Refused beyond the balance, as Square does."""
+        with self.lock:
+            account = self._account_of_customer(customer_id)
+            if points < 1 or points > account["balance"]:
+                raise ValueError(f"cannot redeem {points} points from a balance of {account['balance']}")
+            at = datetime.now(UTC)
+            created = self._apply(account, -points, "CREATE_REWARD", at, source="SQUARE")
+            created["location_id"] = location_id or self.location_ids[0]
+            self._counter += 1
+            redeemed = {
+                "id": _uuid(self.seed, "event", self._counter),
+                "type": "REDEEM_REWARD",
+                "created_at": _stamp(at),
+                "loyalty_account_id": account["id"],
+                "source": "SQUARE",
+                "location_id": created["location_id"],
+                "redeem_reward": {"loyalty_program_id": self.program["id"]},
+            }
+            self.events.append(redeemed)
+            self._events_newest_first = None
+            return created
+
+    def adjust_in_dashboard(self, customer_id: str, points: int, reason: str) -> dict[str, Any]:
+        """The seller corrects a balance in the Square Dashboard (for tests): ``ADJUST_POINTS``, source ``SQUARE``."""
+        with self.lock:
+            account = self._account_of_customer(customer_id)
+            return self._apply(account, points, "ADJUST_POINTS", datetime.now(UTC), reason=reason, source="SQUARE")
+
+    def _account_of_customer(self, customer_id: str) -> dict[str, Any]:
+        found = self._accounts_of_customer.get(customer_id)
+        if not found:
+            raise ValueError(f"customer {customer_id} has no loyalty account")
+        return self.accounts[found[0]]
+
     def touch(self, customer_id: str, **fields: Any) -> dict[str, Any]:
         """Change a customer as someone at the till would (for tests and benchmarks): set ``fields``
         (those a customer update may change) and move ``updated_at`` to now; the change is kept."""
@@ -1104,6 +1206,8 @@ class SquareSimulator(Simulator):
             "idempotency": self.idempotency,
             "customer_changes": self.customer_changes,
             "counter": self._counter,
+            "groups": self.groups,
+            "group_members": self.group_members,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -1118,6 +1222,12 @@ class SquareSimulator(Simulator):
             self.custom_attributes = {k: dict(v) for k, v in state.get("custom_attributes", {}).items()}
             self.idempotency = dict(state.get("idempotency", {}))
             self._counter = max(self._counter, int(state.get("counter", 0)))
+            self.groups = dict(state.get("groups", {}))
+            for cid, held in state.get("group_members", {}).items():
+                if cid in self.customers:
+                    self.group_members[cid] = list(held)
+                    if held:
+                        self.customers[cid]["group_ids"] = list(held)
             for cid, change in state.get("customer_changes", {}).items():
                 if cid in self.customers:
                     self.customer_changes[cid] = change

@@ -264,14 +264,24 @@ class Resolver:
 
     def explain(self, a: Any, b: Any) -> dict[str, Any]:
         """Per-comparison evidence for a pair, with the deterministic rule that linked it, if any."""
-        pa, pb = self.frame.position[a], self.frame.position[b]
-        evidence = self.model.explain(self.frame, self.settings, pa, pb, self.tf)
-        weights, rules = self._effective(np.array([min(pa, pb)]), np.array([max(pa, pb)]))
-        rule = int(rules[0])
-        evidence["rule"] = self.settings.deterministic[rule].name if rule >= 0 else "score"
-        evidence["effective_weight"] = round(float(weights[0]), 3)
-        evidence["probability"] = round(float(self.model.probability(weights[0])), 6)
-        return evidence
+        return self.explain_many([(a, b)])[0]
+
+    def explain_many(self, pairs: Sequence[tuple[Any, Any]]) -> list[dict[str, Any]]:
+        """``explain`` for many pairs, scored in one vectorised pass: a run that writes the evidence
+        of thousands of links or review items spent most of its time scoring them one at a time."""
+        if not pairs:
+            return []
+        position = self.frame.position
+        pa = np.array([position[a] for a, _ in pairs], dtype=np.int64)
+        pb = np.array([position[b] for _, b in pairs], dtype=np.int64)
+        found = self.model.explain_many(self.frame, self.settings, pa, pb, self.tf)
+        weights, rules = self._effective(np.minimum(pa, pb), np.maximum(pa, pb))
+        for i, evidence in enumerate(found):
+            rule = int(rules[i])
+            evidence["rule"] = self.settings.deterministic[rule].name if rule >= 0 else "score"
+            evidence["effective_weight"] = round(float(weights[i]), 3)
+            evidence["probability"] = round(float(self.model.probability(weights[i])), 6)
+        return found
 
     def review_pairs(self) -> list[tuple[Any, Any, float]]:
         """Pairs in different clusters whose weight is at or above the review weight, strongest first

@@ -176,31 +176,43 @@ class Model:
         self, frame: Frame, settings: Settings, a: int, b: int, tf: dict[str, np.ndarray] | None = None
     ) -> dict[str, Any]:
         """The evidence for one pair, as a steward reads it: per comparison the level's label and weight."""
-        levels, weights = self.score(frame, settings, np.array([a]), np.array([b]), tf)
+        return self.explain_many(frame, settings, np.array([a]), np.array([b]), tf)[0]
+
+    def explain_many(
+        self, frame: Frame, settings: Settings, a: np.ndarray, b: np.ndarray, tf: dict[str, np.ndarray] | None = None
+    ) -> list[dict[str, Any]]:
+        """``explain`` for pairs (a[i], b[i]), scored in one vectorised pass (the same values)."""
+        levels, weights = self.score(frame, settings, a, b, tf)
         tf = self.tf_adjustments(frame, settings) if tf is None else tf
-        comparisons = []
-        for j, (comparison, w) in enumerate(zip(settings.comparisons, self.level_weights(), strict=True)):
-            level = int(levels[0, j])
-            if level == MISSING:
-                continue
-            entry: dict[str, Any] = {
-                "field": comparison.field,
-                "label": comparison.label,
-                "level": comparison.level_labels[level],
-                "weight": round(float(w[level]), 3),
-            }
-            adj = tf.get(comparison.field)
-            if level == 1 and adj is not None and comparison.levels[0].kind == "exact":
-                code = frame.codes[comparison.field].a[a]
-                entry["tf_adjustment"] = round(float(adj[code]), 3)
-                entry["holders"] = int(frame.text[comparison.field].counts.a[code])
-            comparisons.append(entry)
-        weight = float(weights[0])
-        return {
-            "weight": round(weight, 3),
-            "probability": round(float(self.probability(weight)), 6),
-            "comparisons": comparisons,
-        }
+        level_weights = self.level_weights()
+        out = []
+        for i in range(len(a)):
+            comparisons = []
+            for j, (comparison, w) in enumerate(zip(settings.comparisons, level_weights, strict=True)):
+                level = int(levels[i, j])
+                if level == MISSING:
+                    continue
+                entry: dict[str, Any] = {
+                    "field": comparison.field,
+                    "label": comparison.label,
+                    "level": comparison.level_labels[level],
+                    "weight": round(float(w[level]), 3),
+                }
+                adj = tf.get(comparison.field)
+                if level == 1 and adj is not None and comparison.levels[0].kind == "exact":
+                    code = frame.codes[comparison.field].a[a[i]]
+                    entry["tf_adjustment"] = round(float(adj[code]), 3)
+                    entry["holders"] = int(frame.text[comparison.field].counts.a[code])
+                comparisons.append(entry)
+            weight = float(weights[i])
+            out.append(
+                {
+                    "weight": round(weight, 3),
+                    "probability": round(float(self.probability(weight)), 6),
+                    "comparisons": comparisons,
+                }
+            )
+        return out
 
 
 # ------------------------------------------------------------------------------------------ training
