@@ -139,6 +139,22 @@ def failure_reason(context: RunFailureSensorContext) -> str:
     return "\n".join(lines)
 
 
+def _record(context: RunStatusSensorContext, hub: HubResource, status: str, error: str | None = None) -> None:
+    """One row in ``pipeline_runs`` for the run a status sensor saw."""
+    started, ended = _times(context)
+    with hub.hub().session() as session, session.begin():
+        record_run(
+            session,
+            run_id=context.dagster_run.run_id,
+            job_name=context.dagster_run.job_name,
+            status=status,
+            trigger=_trigger(context),
+            started_at=started,
+            finished_at=ended,
+            error=error,
+        )
+
+
 def run_sensors() -> list[SensorDefinition]:
     @run_failure_sensor(
         name="record_run_failure",
@@ -146,18 +162,7 @@ def run_sensors() -> list[SensorDefinition]:
         description="Writes every failed run, with its failed steps' errors, where `memberhub status` shows it.",
     )
     def record_run_failure(context: RunFailureSensorContext, hub: HubResource) -> None:
-        started, ended = _times(context)
-        with hub.hub().session() as session, session.begin():
-            record_run(
-                session,
-                run_id=context.dagster_run.run_id,
-                job_name=context.dagster_run.job_name,
-                status="failure",
-                trigger=_trigger(context),
-                started_at=started,
-                finished_at=ended,
-                error=failure_reason(context),
-            )
+        _record(context, hub, "failure", failure_reason(context))
 
     @run_status_sensor(
         name="record_run_success",
@@ -166,16 +171,6 @@ def run_sensors() -> list[SensorDefinition]:
         description="Writes every finished run where `memberhub status` shows it.",
     )
     def record_run_success(context: RunStatusSensorContext, hub: HubResource) -> None:
-        started, ended = _times(context)
-        with hub.hub().session() as session, session.begin():
-            record_run(
-                session,
-                run_id=context.dagster_run.run_id,
-                job_name=context.dagster_run.job_name,
-                status="success",
-                trigger=_trigger(context),
-                started_at=started,
-                finished_at=ended,
-            )
+        _record(context, hub, "success")
 
     return [record_run_failure, record_run_success]
