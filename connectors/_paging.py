@@ -8,7 +8,6 @@ names. ``Watermark`` tracks the greatest update time read, for the cursor a ``Pa
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,7 +16,7 @@ from typing import Any, Protocol
 import httpx
 
 from connectors._http import ApiClient
-from schemas.errors import ConfigError, FatalError
+from schemas.errors import ConfigError, FatalError, closest
 
 Fetched = tuple[Any, httpx.Response]
 OnResponse = Callable[[httpx.Response], None]
@@ -119,8 +118,8 @@ def paginator(name: str, **options: Any) -> Paginator:
     """The paginator registered under ``name``, e.g. ``paginator("body_cursor", cursor_param="after")``."""
     factory = PAGINATORS.get(name)
     if factory is None:
-        close = difflib.get_close_matches(name, sorted(PAGINATORS), n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(sorted(PAGINATORS))}"
+        close = closest(name, PAGINATORS, cutoff=0.6)
+        hint = f"did you mean {close!r}?" if close else f"valid: {', '.join(sorted(PAGINATORS))}"
         raise ConfigError(f"unknown paginator {name!r}; {hint}")
     return factory(**options)
 

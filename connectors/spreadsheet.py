@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import difflib
 import glob
 import itertools
 from collections.abc import Callable, Iterator
@@ -41,7 +40,7 @@ from zoneinfo import ZoneInfo
 
 from connectors.base import CheckStep, Connector, Page, Stream, WritebackResult, WritebackUpdate
 from schemas import Channel, ConnectorConfig
-from schemas.errors import FatalError
+from schemas.errors import FatalError, closest
 
 DEFAULT_PAGE = 1000
 ENCODINGS = ("utf-8", "gbk", "gb18030")
@@ -115,8 +114,8 @@ class SpreadsheetConnector(Connector):
             return
         if self.id_field not in sheet.fields:
             wanted = [t for t, n in self.header.items() if n == self.id_field] or [self.id_field]
-            close = difflib.get_close_matches(wanted[0], sheet.titles, n=1, cutoff=0.5)
-            hint = f"did you mean {close[0]!r}? " if close else ""
+            close = closest(wanted[0], sheet.titles)
+            hint = f"did you mean {close!r}? " if close else ""
             raise FatalError(
                 f"{self.name}: {sheet.path.name} has no id column {wanted[0]!r} in its header (row "
                 f"{sheet.header_row}); {hint}its columns: {', '.join(sheet.titles)}"
@@ -185,8 +184,8 @@ class SpreadsheetConnector(Connector):
         try:
             wanted = self.config.sheet
             if wanted is not None and wanted not in book.sheetnames:
-                close = difflib.get_close_matches(wanted, book.sheetnames, n=1, cutoff=0.4)
-                hint = f"did you mean {close[0]!r}? " if close else ""
+                close = closest(wanted, book.sheetnames, cutoff=0.4)
+                hint = f"did you mean {close!r}? " if close else ""
                 sheets = ", ".join(book.sheetnames)
                 raise FatalError(f"{self.name}: {sheet.path.name} has no sheet {wanted!r}; {hint}sheets: {sheets}")
             worksheet = book[wanted] if wanted is not None else book.worksheets[0]

@@ -24,7 +24,6 @@ store local times without an offset (DATETIME); they are read in the connector's
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 import uuid
@@ -41,7 +40,7 @@ from sqlalchemy.engine import Engine
 from connectors.base import CheckStep, Connector, Page, Stream, WritebackResult, WritebackUpdate
 from schemas import Channel, ConnectorConfig
 from schemas.config import SqlStream
-from schemas.errors import ConnectorError, FatalError, RetriableError
+from schemas.errors import ConnectorError, FatalError, RetriableError, closest
 
 DEFAULT_PAGE = 1000
 _FATAL_HINTS = ("access denied", "authentication failed", "permission denied", "password", "unknown database")
@@ -104,8 +103,8 @@ class SqlConnector(Connector):
             names = tuple(self._columns(probe, stream))
             for role, column in (("id", spec.id), ("cursor", spec.cursor)):
                 if column is not None and column not in names:
-                    close = difflib.get_close_matches(column, names, n=1)
-                    hint = f"did you mean {close[0]!r}? " if close else ""
+                    close = closest(column, names, cutoff=0.6)
+                    hint = f"did you mean {close!r}? " if close else ""
                     raise FatalError(
                         f"{self.name}: stream {stream} names {role} column {column!r}, which {_what(spec)} lacks; "
                         f"{hint}(columns: {', '.join(names)})"

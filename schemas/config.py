@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import codecs
-import difflib
 from datetime import date
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -15,6 +14,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from schemas._types import Canonical, CurrencyCode
+from schemas.errors import closest
 
 SystemKind = Literal["shopify", "square", "hubspot", "odoo", "sql", "spreadsheet"]
 
@@ -368,8 +368,8 @@ def _known_rule(value: Any) -> Any:
         if name is None:
             raise ValueError(f"an earn rule needs a `type`; one of {', '.join(sorted(EARN_RULES))}")
         if name not in EARN_RULES:
-            close = difflib.get_close_matches(str(name), sorted(EARN_RULES), n=1, cutoff=0.4)
-            hint = f"did you mean {close[0]!r}? " if close else ""
+            close = closest(name, EARN_RULES, cutoff=0.4)
+            hint = f"did you mean {close!r}? " if close else ""
             raise ValueError(f"unknown earn rule type {name!r}; {hint}(known: {', '.join(sorted(EARN_RULES))})")
     return value
 
@@ -456,8 +456,8 @@ class ProgrammeConfig(Canonical):
         for rule in self.earn_rules:
             if isinstance(rule, BrandRate):
                 if rule.brand not in self.brands:
-                    close = difflib.get_close_matches(rule.brand, sorted(self.brands), n=1)
-                    hint = f"; did you mean {close[0]!r}?" if close else f"; brands: {sorted(self.brands) or 'none'}"
+                    close = closest(rule.brand, self.brands, cutoff=0.6)
+                    hint = f"; did you mean {close!r}?" if close else f"; brands: {sorted(self.brands) or 'none'}"
                     raise ValueError(f"brand_rate names brand {rule.brand!r}, which programme.brands lacks{hint}")
                 key = f"brand {rule.brand}"
                 if key in rated:

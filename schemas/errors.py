@@ -15,6 +15,9 @@ Each layer raises its own branch and translates lower-level errors at its bounda
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class HubError(Exception):
     """An error meant for a person: its message says what failed and what to do."""
@@ -50,3 +53,9 @@ class ResolutionError(HubError):
 
 class LedgerError(HubError):
     pass
+
+
+def closest(name: object, choices: Iterable[object], cutoff: float = 0.5) -> str | None:
+    """The valid name closest to a wrong one, for "did you mean …?" in messages; None when nothing is close."""
+    match = difflib.get_close_matches(str(name), sorted({str(c) for c in choices}), n=1, cutoff=cutoff)
+    return match[0] if match else None
