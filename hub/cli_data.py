@@ -62,7 +62,7 @@ def _actor() -> str:
 def _options(hub: Any) -> Any:
     from hub.staging import StageOptions
 
-    return StageOptions(region=hub.config.programme.default_region)
+    return StageOptions.of(hub.config.programme)
 
 
 # ------------------------------------------------------------------------------------- mappings

@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import os
 import re
+import time
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -47,7 +48,8 @@ class Parsed(NamedTuple, Generic[T]):
 
 @cache
 def _table(name: str) -> Any:
-    return yaml.safe_load((DATA / name).read_text(encoding="utf-8"))
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml reads the tables ten times faster
+    return yaml.load((DATA / name).read_text(encoding="utf-8"), Loader=loader)
 
 
 def _nfkc(raw: Any) -> str:
@@ -58,6 +60,7 @@ def _nfkc(raw: Any) -> str:
 # ====================================================================================== phones
 _SEPARATORS = re.compile(r"[\s\-().]+")
 _CN_MOBILE_INPUT = re.compile(r"(?:\+86|0086|86)?(1\d{10})")
+_CN_MOBILE_RANGE = re.compile(r"1[3-9][0-9]{9}")
 
 
 @cache
@@ -80,8 +83,11 @@ def check_phone(raw: Any, region: str = "CN") -> Parsed[str]:
     # uses, without its general parser (60 µs a number).
     if region == "CN" or compact.startswith(("+86", "0086")):
         match = _CN_MOBILE_INPUT.fullmatch(compact)
-        if match and _cn_mobile().fullmatch(match.group(1)):
-            return Parsed("+86" + match.group(1))
+        if match:
+            if _cn_mobile().fullmatch(match.group(1)):
+                return Parsed("+86" + match.group(1))
+            if _CN_MOBILE_RANGE.fullmatch(match.group(1)):  # 1[3-9]…: a mobile or nothing, never a landline
+                return Parsed(None, f"{raw!r} is not a valid phone number (default region {region})")
     digits = "".join(ch for ch in text if ch.isdigit())
     if text.startswith("00"):
         text = "+" + text[2:].lstrip()
@@ -162,7 +168,7 @@ def check_email(raw: Any, *, rewrite: Iterable[str] = ()) -> Parsed[str]:
         len(text) <= 254
         and len(local) <= 64
         and _EMAIL_FAST.fullmatch(text)
-        and not any(label[2:4] == "--" for label in domain.split("."))
+        and ("--" not in domain or not any(label[2:4] == "--" for label in domain.split(".")))
         and domain.rsplit(".", 1)[-1] not in _SPECIAL_USE
     ):
         # Anything unusual (unicode, quoted local parts, "Name <addr>") gets the full validator
@@ -175,9 +181,12 @@ def check_email(raw: Any, *, rewrite: Iterable[str] = ()) -> Parsed[str]:
         except PydanticCustomError as exc:
             return Parsed(None, f"{raw!r}: {exc.message()}")
         local, _, domain = text.rpartition("@")
-    rules = set(rewrite)
     provider = EMAIL_PROVIDERS.get(domain)
-    if provider is not None and ("*" in rules or domain in rules or provider.canonical_domain in rules):
+    if (
+        provider is not None
+        and rewrite
+        and ("*" in (rules := set(rewrite)) or domain in rules or provider.canonical_domain in rules)
+    ):
         if provider.tag_separator:
             local = local.split(provider.tag_separator, 1)[0] or local
         if provider.ignores_dots:
@@ -377,12 +386,22 @@ class Name:
     key: str | None
 
 
-@lru_cache(maxsize=131072)
 def normalise_name(
     family: str | None, given: str | None, full: str | None = None, *, family_first: bool = False
 ) -> Name:
     """Everything the hub keeps about a name. When the source gives only a full name it is split
     (Chinese by surname table, Latin by the rules of ``split_western_name``)."""
+    fam, giv = name_text(family), name_text(given)
+    if (fam and _is_han(fam)) or (giv and _is_han(giv)):
+        # A Chinese family or given name decides everything without the full name (only read when
+        # both are missing, or to tell whether a Latin pair belongs to a Chinese name): cached per
+        # pair, so the full name, unique per member, is never converted.
+        return _normalise_name(family, given, None, False)
+    return _normalise_name(family, given, full, family_first)
+
+
+@lru_cache(maxsize=131072)
+def _normalise_name(family: str | None, given: str | None, full: str | None, family_first: bool) -> Name:
     fam, giv, whole = name_text(family), name_text(given), name_text(full)
     if not fam and not giv and whole:
         if _is_han(whole):
@@ -427,6 +446,18 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EARLIEST = date(1900, 1, 1)
 
 
+_TODAY: list[Any] = [0.0, date.min]
+
+
+def _today() -> date:
+    """``date.today()``, read again at most once a second (it costs microseconds, and staging asks
+    for every record)."""
+    now = time.monotonic()
+    if now - _TODAY[0] >= 1.0:
+        _TODAY[:] = [now, date.today()]
+    return _TODAY[1]
+
+
 def check_birthday(raw: Any, *, today: date | None = None, day_first: bool | None = None) -> Parsed[date]:
     """A birthday from the forms source systems use: dates, ISO text (``1990-02-03``, with or without
     a time), ``1990/2/3``, ``1990.2.3``, ``19900203``, ``1990年2月3日``, ``3 Feb 1990``, ``Feb 3, 1990``,
@@ -435,7 +466,7 @@ def check_birthday(raw: Any, *, today: date | None = None, day_first: bool | Non
     ``02/03/1990`` is read day-first or month-first only when ``day_first`` says which, or when one
     part is over 12; otherwise it is ambiguous and not guessed. Dates before 1900 or after today,
     and month-day without a year (Square's ``0000-09-21``), give None with the reason."""
-    today = today or date.today()
+    today = today or _today()
     if type(raw) is str or type(raw) is int:  # birthdays repeat: each distinct text or number is read once
         return _check_birthday_cached(raw, today, day_first)
     return _check_birthday(raw, today, day_first)
@@ -721,7 +752,7 @@ def check_resident_id(raw: Any, *, today: date | None = None) -> Parsed[Resident
         born = date(int(number[6:10]), int(number[10:12]), int(number[12:14]))
     except ValueError:
         return Parsed(None, "resident ID birth date is not a real date")
-    if born > (today or date.today()) or born < _EARLIEST:
+    if born > (today or _today()) or born < _EARLIEST:
         return Parsed(None, "resident ID birth date is out of range")
     return Parsed(ResidentId(number, born, "male" if int(number[16]) % 2 else "female", number[:6]))
 

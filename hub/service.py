@@ -84,7 +84,7 @@ class Hub:
                 session,
                 mappings,
                 self.mapping_sources(mappings),
-                region=self.config.programme.default_region,
+                options=staging.StageOptions.of(self.config.programme),
                 on_batch=lambda n: progress("map", n),
             )
         return asdict(counts)

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -228,9 +228,17 @@ def _m2o(value: Any, index: int) -> Any:
 
 def _utc(value: Any) -> Any:
     """A naive time string (Odoo's UTC) or datetime becomes an aware UTC datetime."""
+    if type(value) is str and value:  # timestamps repeat (a batch imported at one moment): read each once
+        return _utc_text(value)
     if value in (None, False, ""):
         return None
     moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@lru_cache(maxsize=16384)
+def _utc_text(value: str) -> datetime:
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
@@ -849,18 +857,19 @@ def _explain(rule: FieldRule, record: Row, label: str) -> dict[str, Any]:
 
 def _evaluate(rules: list[FieldRule], record: Row) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for rule in rules:
-        try:
-            value = rule.compiled(record)
-        except (ValueError, TypeError, ArithmeticError) as exc:
-            raise MappingError(f"{rule.target}: {exc} (mapping {rule.where})") from exc
-        if rule.tail:
-            nested = out.get(rule.head)
-            if nested is None:
-                nested = out[rule.head] = {}
-            nested[rule.tail] = value
-        else:
-            out[rule.target] = value
+    rule = None
+    try:
+        for rule in rules:
+            if rule.tail:
+                nested = out.get(rule.head)
+                if nested is None:
+                    nested = out[rule.head] = {}
+                nested[rule.tail] = rule.compiled(record)
+            else:
+                out[rule.target] = rule.compiled(record)
+    except (ValueError, TypeError, ArithmeticError) as exc:
+        assert rule is not None
+        raise MappingError(f"{rule.target}: {exc} (mapping {rule.where})") from exc
     for key, value in out.items():
         if type(value) is dict and value.get("amount") is None:
             out[key] = None  # a money value with no amount is absent, whatever its currency

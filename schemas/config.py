@@ -390,6 +390,11 @@ class ProgrammeConfig(Canonical):
     currency: CurrencyCode = "CNY"
     points_per_unit: int = Field(default=1, ge=0, description="points per whole currency unit spent")
     default_region: str = Field(default="CN", pattern=r"^[A-Z]{2}$", description="region for local phones")
+    email_rewrite: list[Annotated[str, Field(pattern=r"^(\*|[a-z0-9-]+(\.[a-z0-9-]+)+)$")]] = Field(
+        default_factory=list,
+        description="mail providers whose dots and plus tags are folded when staging (gmail.com, …; '*' for every "
+        "provider hub.normalise.EMAIL_PROVIDERS knows); empty: addresses are kept as written",
+    )
     timezone: str = Field(
         default="Asia/Shanghai", description="IANA zone in which days, months, promotions and expiry are counted"
     )
