@@ -18,10 +18,10 @@ from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, select
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
-from hub.tables import Account, ApiToken, AuditLog, WebSession, utcnow
+from hub.tables import AccessState, Account, ApiToken, AuditLog, LoginFailure, WebSession, utcnow
 from schemas.errors import HubError
 
 ROLES = ("admin", "steward", "clerk", "auditor")
@@ -35,15 +35,28 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "review.read": frozenset({"admin", "steward", "auditor"}),
     "review.decide": frozenset({"admin", "steward"}),
     "audit.read": frozenset({"admin", "auditor"}),
+    "users.manage": frozenset({"admin"}),
 }
 """permission -> the roles that hold it."""
 
 SESSION_HOURS = 12
+LOGIN_FAILURES_ALLOWED = 5
+LOGIN_FAILURE_WINDOW = timedelta(minutes=15)
+"""After this many failed sign-ins within the window, for one account or from one address, sign-in is
+refused (429) until the oldest of them is older than the window."""
 _hasher = PasswordHasher()
 
 
 class AccessError(HubError):
     """Signing in failed, or the account may not do what it asked."""
+
+
+class TooManyLogins(AccessError):
+    """Too many failed sign-ins for this account or from this address; ``retry_after`` in seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many failed sign-ins; try again in {retry_after} seconds")
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -180,6 +193,56 @@ def issue_token(session: Session, name: str, *, actor: str = "cli") -> str:
     return token
 
 
+def revoke_tokens(session: Session, name: str, prefix: str | None = None, *, actor: str = "cli") -> list[str]:
+    """Revoke ``name``'s active API token that starts with ``prefix`` (as ``users list`` shows it), or
+    all of them when ``prefix`` is None; return the prefixes revoked. Every web worker refuses them
+    from its next request on (``access_generation``)."""
+    account = _account(session, name)
+    query = select(ApiToken).where(ApiToken.account_id == account.id, ApiToken.revoked_at.is_(None))
+    if prefix is not None:
+        query = query.where(or_(ApiToken.prefix == prefix, ApiToken.token_hash == digest(prefix)))  # or the token
+    tokens = session.scalars(query).all()
+    if prefix is not None and not tokens:
+        raise AccessError(f"user {name!r} has no active token {prefix!r}; `memberhub users list` shows them")
+    now = utcnow()
+    for token in tokens:
+        token.revoked_at = now
+    if tokens:
+        _bump_access_generation(session)
+        session.add(
+            AuditLog(
+                actor=actor,
+                action="token.revoke",
+                entity="account",
+                entity_id=name,
+                before=None,
+                after={"prefixes": [t.prefix for t in tokens]},
+            )
+        )
+    return [t.prefix for t in tokens]
+
+
+def disable_user(session: Session, name: str, *, actor: str = "cli") -> None:
+    """Shut ``name`` out: its tokens are refused on every web worker from the next request on, and
+    its console sessions end."""
+    account = _account(session, name)
+    if account.disabled:
+        return
+    account.disabled = True
+    session.execute(delete(WebSession).where(WebSession.account_id == account.id))
+    _bump_access_generation(session)
+    session.add(AuditLog(actor=actor, action="user.disable", entity="account", entity_id=name, before=None, after=None))
+
+
+def _bump_access_generation(session: Session) -> None:
+    session.execute(update(AccessState).values(generation=AccessState.generation + 1))
+
+
+def access_generation(session: Session) -> int:
+    """The number that goes up whenever a token is revoked or an account disabled."""
+    return session.scalar(select(AccessState.generation)) or 0
+
+
 def authenticate_token(session: Session, token: str) -> Principal | None:
     row = session.execute(
         select(Account)
@@ -187,6 +250,56 @@ def authenticate_token(session: Session, token: str) -> Principal | None:
         .where(ApiToken.token_hash == digest(token), ApiToken.revoked_at.is_(None), Account.disabled.is_(False))
     ).scalar_one_or_none()
     return None if row is None else _principal(row)
+
+
+def _login_keys(name: str, address: str | None) -> list[str]:
+    keys = [f"account:{name.strip()}"[:128]]
+    if address:
+        keys.append(f"address:{address}"[:128])
+    return keys
+
+
+def check_login_allowed(session: Session, name: str, address: str | None, *, now: datetime | None = None) -> None:
+    """Raise TooManyLogins while this account, or this client address, has failed to sign in
+    ``LOGIN_FAILURES_ALLOWED`` times within ``LOGIN_FAILURE_WINDOW``. Checked before the password, so
+    a blocked guesser learns nothing."""
+    now = now or utcnow()
+    waits = []
+    for key in _login_keys(name, address):
+        recent = session.scalars(
+            select(LoginFailure.at)
+            .where(LoginFailure.key == key, LoginFailure.at > now - LOGIN_FAILURE_WINDOW)
+            .order_by(LoginFailure.at.desc())
+            .limit(LOGIN_FAILURES_ALLOWED)
+        ).all()
+        if len(recent) >= LOGIN_FAILURES_ALLOWED:  # allowed again once the oldest of these leaves the window
+            waits.append((recent[-1] + LOGIN_FAILURE_WINDOW - now).total_seconds())
+    if waits:
+        raise TooManyLogins(max(1, int(max(waits) + 0.999)))
+
+
+def record_login(
+    session: Session, name: str, address: str | None, *, succeeded: bool, now: datetime | None = None
+) -> None:
+    """Count a failed sign-in against the account and the address; a success clears the account's
+    count (not the address's: one valid account must not reset a guesser's count on others)."""
+    now = now or utcnow()
+    keys = _login_keys(name, address)
+    if succeeded:
+        session.execute(delete(LoginFailure).where(LoginFailure.key == keys[0]))
+        return
+    session.execute(delete(LoginFailure).where(LoginFailure.at <= now - LOGIN_FAILURE_WINDOW))
+    session.add_all(LoginFailure(key=key, at=now) for key in keys)
+    session.add(
+        AuditLog(
+            actor="anonymous",
+            action="login.failed",
+            entity="account",
+            entity_id=name.strip()[:160],
+            before=None,
+            after={"address": address},
+        )
+    )
 
 
 def authenticate_password(session: Session, name: str, password: str) -> Principal | None:

@@ -1,5 +1,5 @@
-"""``memberhub users add | token | list`` and ``memberhub serve``: who may use the console and API,
-and running them."""
+"""``memberhub users add | token | revoke-token | disable | list`` and ``memberhub serve``: who may
+use the console and API, and running them."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from rich.table import Table
 
 from hub.accounts import ROLES, AccessError
 
-users_app = typer.Typer(help="Console and API accounts: add, token, list.", no_args_is_help=True)
+users_app = typer.Typer(help="Console and API accounts: add, token, revoke-token, disable, list.", no_args_is_help=True)
 console = Console(soft_wrap=True)
 
 
@@ -61,6 +61,37 @@ def users_token(name: str) -> None:
         token = accounts.issue_token(session, name)
     print(token)
     print("keep it now: it cannot be shown again / 请立即保存，之后无法再次查看", file=sys.stderr)
+
+
+@users_app.command("revoke-token")
+def users_revoke_token(
+    name: str,
+    prefix: Annotated[
+        str | None, typer.Argument(help="the token's prefix as `users list` shows it (or the whole token)")
+    ] = None,
+    revoke_all: Annotated[bool, typer.Option("--all", help="every active token of NAME")] = False,
+) -> None:
+    """Revoke an API token of NAME (吊销令牌): refused by every web worker from its next request on."""
+    from hub import accounts
+
+    if (prefix is None) == (not revoke_all):
+        raise AccessError("give a token prefix (`memberhub users list` shows them) or --all, not both")
+    hub = _hub()
+    with hub.session() as session, session.begin():
+        revoked = accounts.revoke_tokens(session, name, prefix)
+    shown = ", ".join(revoked) or "none active"
+    console.print(f"revoked {name}'s tokens: {shown} / 已吊销")
+
+
+@users_app.command("disable")
+def users_disable(name: str) -> None:
+    """Shut NAME out (停用): tokens refused by every web worker at once, console sessions ended."""
+    from hub import accounts
+
+    hub = _hub()
+    with hub.session() as session, session.begin():
+        accounts.disable_user(session, name)
+    console.print(f"disabled {name} / 已停用")
 
 
 @users_app.command("list")

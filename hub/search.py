@@ -10,20 +10,29 @@ source records, an indexed lookup that never puts a phone number into SQL.
 from __future__ import annotations
 
 import re
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from functools import cache
-from typing import Any
+from functools import cache, partial
+from typing import Any, Protocol
 
-from sqlalchemy import Select, bindparam, func, or_, select, union
+from sqlalchemy import BigInteger, Select, bindparam, cast, func, or_, select, true, union
 from sqlalchemy.orm import Session
 
 from hub.normalise import email_key, phone_e164
 from hub.privacy import blind_index
 from hub.resolution.text import has_han, pinyin
-from hub.tables import GoldenMember, LedgerEntryRow, MemberIdChange, MemberLink, StagedMember, TierAssignmentRow
+from hub.tables import (
+    AccessState,
+    GoldenMember,
+    LedgerEntryRow,
+    MemberIdChange,
+    MemberLink,
+    StagedMember,
+    TierAssignmentRow,
+)
 
 _STAGED, _LINKS, _GOLDEN = StagedMember.__table__, MemberLink.__table__, GoldenMember.__table__
-_LEDGER, _TIERS = LedgerEntryRow.__table__, TierAssignmentRow.__table__
+_LEDGER, _TIERS, _ACCESS = LedgerEntryRow.__table__, TierAssignmentRow.__table__, AccessState.__table__
 MEMBER_ID = re.compile(r"^MH\d{8}$", re.IGNORECASE)
 _PHONE_LIKE = re.compile(r"^\+?[\d\s().-]{7,20}$")
 _SOURCE_ID = re.compile(r"^(?P<source>[a-z][a-z0-9_-]*):(?P<id>\S+)$")
@@ -187,23 +196,33 @@ def members_in_stores(session: Session, member_ids: list[str], stores: tuple[str
     return set(session.scalars(union(home, visited)))
 
 
-def _in_stores(member_id: Any) -> Any:
-    """The member is one of ``:stores``' (a home store of a source record, or points earned or spent there)."""
+def _in_stores(member_id: Any, stores: int) -> Any:
+    """The member is one of the stores ``:store_0`` … (a home store of a source record, or points
+    earned or spent there). One bind parameter per store, so the statement is the same text every
+    time and the driver can prepare it."""
+    codes = [bindparam(f"store_{i}") for i in range(stores)]
     home = (
         select(_LINKS.c.member_id)
         .join(_STAGED, _STAGED.c.id == _LINKS.c.staged_member_id)
-        .where(_LINKS.c.member_id == member_id, _STAGED.c.store_code.in_(bindparam("stores", expanding=True)))
+        .where(_LINKS.c.member_id == member_id, _STAGED.c.store_code.in_(codes))
     )
-    visited = select(_LEDGER.c.id).where(
-        _LEDGER.c.member_id == member_id, _LEDGER.c.store_code.in_(bindparam("stores", expanding=True))
-    )
+    visited = select(_LEDGER.c.id).where(_LEDGER.c.member_id == member_id, _LEDGER.c.store_code.in_(codes))
     return or_(home.exists(), visited.exists())
 
 
+LOOKUP_COLUMNS = ("access_generation", "member_id", "full_name", "phone", "email", "tier", "balance", "pending")
+"""What a row of :func:`lookup_query` holds; ``phone`` and ``email`` come sealed (hub.privacy)."""
+
+
 @cache
-def _summary_query(by: str, scoped: bool) -> Select:
+def lookup_query(by: str, stores: int = 0) -> Select:
     """Id, name, contacts, tier, balance and pending points of the members a till asked for, in one
-    statement: ``by`` a contact kind (``:contact_key``) or ``member_id`` (``:member_id``)."""
+    statement: ``by`` a contact kind (``:contact_key``) or ``member_id`` (``:member_id``); ``stores``
+    > 0: only members of the stores ``:store_0`` …
+
+    The statement starts from the one row of ``access_state``, so it answers one row even when no
+    member matches, and every row carries the access generation: the web worker checks that its
+    cached token is still good (hub.web.auth) without a second round trip."""
     member_id = _GOLDEN.c.member_id
     tier = (
         select(_TIERS.c.tier).where(_TIERS.c.member_id == member_id).order_by(_TIERS.c.id.desc()).limit(1)
@@ -211,63 +230,68 @@ def _summary_query(by: str, scoped: bool) -> Select:
     points = select(func.coalesce(func.sum(_LEDGER.c.points), 0)).where(_LEDGER.c.member_id == member_id)
     pending = select(func.coalesce(func.sum(_LEDGER.c.pending_points), 0)).where(_LEDGER.c.member_id == member_id)
     which = member_id == bindparam("member_id") if by == "member_id" else member_id.in_(contact_query(by))
-    query = select(
+    members = select(
         member_id,
         _GOLDEN.c.full_name,
         _GOLDEN.c.phone,
         _GOLDEN.c.email,
         tier.label("tier"),
-        points.scalar_subquery().label("balance"),
-        pending.scalar_subquery().label("pending"),
+        cast(points.scalar_subquery(), BigInteger).label("balance"),
+        cast(pending.scalar_subquery(), BigInteger).label("pending"),
     ).where(which, _GOLDEN.c.status == "active")
-    if scoped:
-        query = query.where(_in_stores(member_id))
-    return query.order_by(member_id)
+    if stores:
+        members = members.where(_in_stores(member_id, stores))
+    found = members.subquery("found")
+    return (
+        select(_ACCESS.c.generation, *found.c).select_from(_ACCESS.outerjoin(found, true())).order_by(found.c.member_id)
+    )
+
+
+class Reader(Protocol):
+    """How :func:`lookup` reads: a compiled statement's rows as plain tuples, and a session for the
+    rare redirected member id."""
+
+    def fetch(self, query: Select, params: dict[str, Any]) -> list[tuple[Any, ...]]: ...
+
+    def session(self) -> AbstractContextManager[Session]: ...
 
 
 def lookup(
-    session: Session,
+    reader: Reader,
     *,
     phone: str | None = None,
     email: str | None = None,
     member_id: str | None = None,
     stores: tuple[str, ...] | None = None,
     region: str = "CN",
-) -> list[dict[str, Any]]:
+) -> tuple[int, list[dict[str, Any]]]:
     """What a till or a shop needs about the member(s) behind a phone, e-mail or member id: id,
-    name, tier, balance and pending points, in one query. ``stores``: only members of these stores."""
-    redirected_from = None
+    name, tier, balance and pending points, in one query, with the access generation it was read at.
+    ``stores``: only members of these stores. Contacts come sealed: the caller masks them."""
     params: dict[str, Any] = {}
+    if stores is not None:
+        if not stores:
+            stores = ("",)  # no store at all: matches nobody, but the generation is still read
+        params.update((f"store_{i}", code) for i, code in enumerate(stores))
+    query_by = partial(lookup_query, stores=0 if stores is None else len(stores))
+    redirected_from = None
     if member_id is not None:
-        active, redirected = resolve_member_id(session, member_id)
-        if active is None:
-            return []
-        by, params["member_id"] = "member_id", active
-        redirected_from = member_id.upper() if redirected else None
+        asked = member_id.upper()
+        rows = reader.fetch(query_by("member_id"), {**params, "member_id": asked})
+        if rows[0][1] is None:  # not an active id: merged into another?
+            with reader.session() as session:
+                active, redirected = resolve_member_id(session, asked)
+            if redirected:
+                rows, redirected_from = reader.fetch(query_by("member_id"), {**params, "member_id": active}), asked
     else:
         by, raw = ("phone", phone) if phone is not None else ("email", email)
         key = None if raw is None else contact_key(by, raw, region)
-        if key is None:
-            return []
-        params["contact_key"] = key
-    if stores is not None:
-        if not stores:
-            return []
-        params["stores"] = list(stores)
-    rows = session.connection().execute(_summary_query(by, stores is not None), params)
-    return [
-        {
-            "member_id": r.member_id,
-            "full_name": r.full_name,
-            "phone": r.phone,
-            "email": r.email,
-            "tier": r.tier,
-            "balance": int(r.balance),
-            "pending": int(r.pending),
-            "redirected_from": redirected_from,
-        }
-        for r in rows
-    ]
+        rows = reader.fetch(query_by(by), {**params, "contact_key": key or ""})
+    generation = rows[0][0]
+    members = [dict(zip(LOOKUP_COLUMNS[1:], row[1:], strict=True)) for row in rows if row[1] is not None]
+    for member in members:
+        member["redirected_from"] = redirected_from
+    return generation, members
 
 
 def id_redirects(session: Session, member_id: str) -> list[dict[str, Any]]:

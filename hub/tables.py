@@ -570,6 +570,29 @@ class WebSession(Base):
     expires_at: Mapped[datetime] = mapped_column()
 
 
+class AccessState(Base):
+    """One row. ``generation`` goes up, in the same transaction, whenever an API token is revoked or an
+    account disabled: a web worker trusts a token it verified earlier only while the generation is the
+    one it verified it at (hub.web.auth), so a revocation holds on every worker at once."""
+
+    __tablename__ = "access_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class LoginFailure(Base):
+    """A failed sign-in, kept while it counts towards the login rate limit (hub.accounts). ``key``:
+    ``account:NAME`` or ``address:IP``."""
+
+    __tablename__ = "login_failures"
+    __table_args__ = (Index("ix_login_failures_key_at", "key", "at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(128))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class IdempotencyRecord(Base):
     """The response to a write sent with an ``Idempotency-Key``: a retry with the same key and body
     gets it again; the same key with another body is refused."""

@@ -41,6 +41,7 @@ def endpoints(world: World) -> dict[str, tuple[str, str, dict | None]]:
         "pin": ("PUT", f"/api/v1/members/{member}/pins/city", {"value": "杭州", "reason": "moved"}),
         "unpin": ("DELETE", f"/api/v1/members/{member}/pins/city", None),
         "audit": ("GET", "/api/v1/audit", None),
+        "revoke_token": ("DELETE", f"/api/v1/users/zhao/tokens/{world.tokens['zhao'][:12]}", None),
     }
 
 
@@ -59,6 +60,7 @@ ALLOWED = {
     "pin": {"ada", "li"},
     "unpin": {"ada", "li"},
     "audit": {"ada", "sun"},
+    "revoke_token": {"ada"},
 }
 SUCCESS = {"adjust": 201}
 

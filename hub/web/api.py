@@ -9,23 +9,27 @@ altogether gets 403. Writes accept an ``Idempotency-Key`` header (hub.web.idempo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from enum import Enum
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
-from fastapi.responses import JSONResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from hub import search
-from hub.accounts import PERMISSIONS, Principal
+from hub import accounts, search
+from hub.accounts import PERMISSIONS, AccessError, Principal
+from hub.privacy import decrypt
 from hub.resolution.settings import SURVIVING_FIELDS
 from hub.web import operations as ops
-from hub.web.auth import api_caller
+from hub.web.auth import TokenCache, Verified, api_principal, bearer_token, verify_token
 from hub.web.errors import COMMON_RESPONSES, WebError, not_found
 from hub.web.idempotency import remember, replay, request_hash
+from hub.web.lookup_line import LookupLine
 from hub.web.masking import mask_email, mask_name, mask_phone
 from hub.web.models import (
     AdjustIn,
@@ -44,24 +48,32 @@ from hub.web.models import (
     SearchPage,
     SplitIn,
     SplitOut,
+    TokensRevoked,
     is_plain_text,
 )
 
 
-async def _plain_text(request: Request) -> None:
+def check_plain_text(request: Request) -> None:
     """NUL characters and lone surrogates cannot be stored or looked up, and a parameter given twice is
     ambiguous: refuse them up front."""
-    for value in (request.url.path, *request.query_params.values()):
+    params = request.query_params
+    for value in (request.scope["path"], *params.values()):  # the scope's path: request.url costs a parse
         if not is_plain_text(value):
             raise WebError(422, "invalid_text", "text with NUL characters or broken Unicode is not accepted")
-    names = [name for name, _ in request.query_params.multi_items()]
+    if len(params) == len(params.multi_items()):
+        return
+    names = [name for name, _ in params.multi_items()]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:  # every parameter takes one value: a repeat is a mistake, not a choice of the last one
         raise WebError(422, "repeated_parameter", f"give each query parameter once: {', '.join(repeated)}")
 
 
+async def _plain_text(request: Request) -> None:
+    check_plain_text(request)
+
+
 router = APIRouter(prefix="/api/v1", responses=COMMON_RESPONSES, dependencies=[Depends(_plain_text)])
-Who = Annotated[Principal, Depends(api_caller)]
+Who = Annotated[Principal, Depends(api_principal)]
 IdempotencyKey = Annotated[
     str | None,
     Header(alias="Idempotency-Key", max_length=255, description="retries with the same key and body are answered once"),
@@ -105,42 +117,54 @@ async def me(who: Who) -> dict[str, Any]:
     }
 
 
-@router.get("/members/lookup", response_model=LookupResult, summary="balance and tier by phone, email or member id")
-async def lookup(
-    request: Request,
-    who: Who,
-    phone: Annotated[str | None, Query(max_length=40)] = None,
-    email: Annotated[str | None, Query(max_length=254)] = None,
-    member_id: Annotated[str | None, Query(max_length=16)] = None,
-) -> JSONResponse:
-    """For tills and shops: who this is, their tier and points. Names and contacts come masked, so a
-    lookup shows no personal data and is not written to the audit log."""
+LOOKUP_KEYS = {"phone": 40, "email": 254, "member_id": 16}
+"""The lookup's query parameters and the most characters each takes."""
+
+
+class _ServedAsIs(APIRoute):
+    """A route whose endpoint takes the Request and returns the Response itself: served as is,
+    without FastAPI's per-request dependency solving and parameter validation (together more CPU than
+    the tills' lookup's own query). Its parameters and security are documented in ``openapi_extra``
+    and checked by hand in the endpoint, in FastAPI's order: text, token, parameters, permission."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        return self.endpoint
+
+
+async def lookup(request: Request) -> Response:
+    """For tills and shops: who this is, their tier and points, by exactly one of phone, email or
+    member_id. Names and contacts come masked, for every role: a lookup shows no personal data, so it
+    is not a read of PII and is not written to the audit log (a person reads contacts on the member's
+    page, which is)."""
     # Async on purpose, with the query run inline on the worker's own connection (hub.web.lookup_line):
-    # it is one indexed statement (about a millisecond), and handing it to the thread pool costs more
-    # than the query itself. Every other endpoint that touches the database is a plain ``def``.
-    ops.require(who, "member.lookup")
-    given = [v for v in (phone, email, member_id) if v is not None]
-    if len(given) != 1:
-        raise WebError(422, "one_key", "give exactly one of phone, email, member_id")
-    hub = _hub(request)
-    rows = request.app.state.lookup_line.run(
-        lambda session: search.lookup(
-            session,
-            phone=phone,
-            email=email,
-            member_id=member_id,
-            stores=who.stores if who.store_scoped else None,
-            region=hub.config.programme.default_region,
-        )
-    )
+    # it is one indexed statement, and handing it to the thread pool costs more than the query itself.
+    # Every other endpoint that touches the database is a plain ``def``.
+    check_plain_text(request)
+    token = bearer_token(request.headers.get("authorization"))
+    given = {}
+    for name, most in LOOKUP_KEYS.items():
+        value = request.query_params.get(name)
+        if value is not None and len(value) > most:
+            raise RequestValidationError(
+                [{"loc": ("query", name), "msg": f"String should have at most {most} characters", "type": "too_long"}]
+            )
+        if value is not None:
+            given[name] = value
+    line, cache = request.app.state.lookup_line, request.app.state.token_cache
+    verified = cache.get(token) or _verify(line, cache, token)
+    generation, rows = _lookup(request, verified.principal, given)
+    if generation != verified.generation:  # a token was revoked or an account disabled since: this one?
+        fresh = _verify(line, cache, token)
+        if fresh.principal != verified.principal:
+            generation, rows = _lookup(request, fresh.principal, given)
     if not rows:
         raise not_found("member")
     items = [
         {
             "member_id": row["member_id"],
             "name": mask_name(row["full_name"]),
-            "phone": mask_phone(row["phone"]),
-            "email": mask_email(row["email"]),
+            "phone": mask_phone(row["phone"] and decrypt(row["phone"])),
+            "email": mask_email(row["email"] and decrypt(row["email"])),
             "tier": row["tier"],
             "balance": row["balance"],
             "pending": row["pending"],
@@ -149,6 +173,46 @@ async def lookup(
         for row in rows
     ]
     return JSONResponse({"items": items})  # built to the documented model already: no second validation pass
+
+
+def _verify(line: LookupLine, cache: TokenCache, token: str) -> Verified:
+    try:
+        with line.session() as session:
+            verified = verify_token(session, token)
+    except WebError:
+        cache.forget(token)
+        raise
+    cache.put(token, verified)
+    return verified
+
+
+def _lookup(request: Request, who: Principal, given: dict[str, str]) -> tuple[int, list[dict[str, Any]]]:
+    ops.require(who, "member.lookup")
+    if len(given) != 1:
+        raise WebError(422, "one_key", "give exactly one of phone, email, member_id")
+    return search.lookup(
+        request.app.state.lookup_line,
+        **given,
+        stores=who.stores if who.store_scoped else None,
+        region=_hub(request).config.programme.default_region,
+    )
+
+
+router.add_api_route(
+    "/members/lookup",
+    lookup,
+    methods=["GET"],
+    response_model=LookupResult,
+    summary="balance and tier by phone, email or member id",
+    route_class_override=_ServedAsIs,
+    openapi_extra={
+        "parameters": [
+            {"name": name, "in": "query", "required": False, "schema": {"type": "string", "maxLength": most}}
+            for name, most in LOOKUP_KEYS.items()
+        ],
+        "security": [{"HTTPBearer": []}],
+    },
+)
 
 
 @router.get("/members", response_model=SearchPage, summary="search by phone, email, name, member id or source id")
@@ -274,3 +338,25 @@ def audit(
             session, who, actor=actor, action=action, entity_id=entity_id, page=page, per_page=per_page
         )
     return {"items": items, "page": page, "per_page": per_page, "total": total}
+
+
+@router.delete(
+    "/users/{name}/tokens/{prefix}", response_model=TokensRevoked, summary="revoke an API token (admins only)"
+)
+def revoke_token(
+    request: Request,
+    who: Who,
+    name: Annotated[str, Path(max_length=64)],
+    prefix: Annotated[str, Path(max_length=64, description="as `memberhub users list` shows it, or the token")],
+    key: IdempotencyKey = None,
+) -> JSONResponse:
+    """Every web worker refuses the token from its next request on."""
+    ops.require(who, "users.manage")
+
+    def revoke(session: Session) -> dict[str, Any]:
+        try:
+            return {"name": name, "revoked": accounts.revoke_tokens(session, name, prefix, actor=who.actor)}
+        except AccessError:
+            raise not_found("active token") from None
+
+    return _write(request, who, key, None, 200, revoke)

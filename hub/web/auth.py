@@ -4,12 +4,12 @@ CSRF token in every form)."""
 from __future__ import annotations
 
 import secrets
-import threading
 import time
+from dataclasses import dataclass
 
 from fastapi import Depends, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
 
 from hub import accounts
 from hub.accounts import Principal, SignedIn
@@ -20,52 +20,70 @@ bearer = HTTPBearer(auto_error=False, description="an API token from `memberhub 
 
 
 TOKEN_CACHE_SECONDS = 10.0
-"""A valid token is checked against the database at most this often per worker, so a till's lookup
-costs one query. A revoked token or a disabled account is refused within this time."""
+"""How long a web worker keeps a token it verified for the tills' lookup, so a lookup costs one query.
+A revoked token or a disabled account does not wait for it: an entry counts only while the access
+generation (hub.accounts) is the one it was verified at, and the lookup reads the generation in its
+own query. The time limit covers what does not move the generation (an account edited by hand)."""
+
+
+@dataclass(frozen=True)
+class Verified:
+    principal: Principal
+    generation: int
+    """the access generation read before the token was checked"""
 
 
 class TokenCache:
+    """Used on the worker's event loop only (the lookup is async), so it needs no lock."""
+
     def __init__(self, ttl: float = TOKEN_CACHE_SECONDS, size: int = 10_000) -> None:
         self.ttl, self.size = ttl, size
-        self._entries: dict[str, tuple[float, Principal]] = {}
-        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[float, Verified]] = {}
 
-    def get(self, token: str) -> Principal | None:
-        entry = self._entries.get(accounts.digest(token))
+    def get(self, token: str) -> Verified | None:
+        entry = self._entries.get(token)
         if entry is None or entry[0] < time.monotonic():
             return None
         return entry[1]
 
-    def put(self, token: str, principal: Principal) -> None:
-        with self._lock:
-            if len(self._entries) >= self.size:
-                self._entries.clear()
-            self._entries[accounts.digest(token)] = (time.monotonic() + self.ttl, principal)
+    def put(self, token: str, verified: Verified) -> None:
+        if len(self._entries) >= self.size:
+            self._entries.clear()
+        self._entries[token] = (time.monotonic() + self.ttl, verified)
+
+    def forget(self, token: str) -> None:
+        self._entries.pop(token, None)
 
 
-def api_principal(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
-    """The account behind an API token (a plain function: it may read the database)."""
-    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
+def bearer_token(authorization: str | None) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header; 401 without one."""
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
         raise WebError(401, "unauthorized", "send an API token: Authorization: Bearer <token>")
-    cache: TokenCache = request.app.state.token_cache
-    principal = cache.get(credentials.credentials)
+    return token
+
+
+def verify_token(session: Session, token: str) -> Verified:
+    """The account behind ``token`` now, and the access generation it was read at; 401 if none."""
+    generation = accounts.access_generation(session)  # read first: a revocation after it moves it on
+    return Verified(_principal(session, token), generation)
+
+
+def _principal(session: Session, token: str) -> Principal:
+    principal = accounts.authenticate_token(session, token)
     if principal is None:
-        with request.app.state.hub.session() as session, session.begin():
-            principal = accounts.authenticate_token(session, credentials.credentials)
-        if principal is None:
-            raise WebError(401, "unauthorized", "the API token is not valid")
-        cache.put(credentials.credentials, principal)
+        raise WebError(401, "unauthorized", "the API token is not valid")
     return principal
 
 
-async def api_caller(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
-    """The API's dependency: a cached token costs no trip to the thread pool; only a miss goes there
-    to read the database."""
-    if credentials is not None and credentials.credentials:
-        principal = request.app.state.token_cache.get(credentials.credentials)
-        if principal is not None and credentials.scheme.lower() == "bearer":
-            return principal
-    return await run_in_threadpool(api_principal, request, credentials)
+def api_principal(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
+    """The API's dependency (a plain function, run in the thread pool): the token is checked in the
+    database on every request, so a revoked token is refused at once; the endpoints behind it read
+    the database anyway. The tills' lookup has its own cached path (hub.web.api)."""
+    token = bearer_token(f"{credentials.scheme} {credentials.credentials}" if credentials else None)
+    with request.app.state.hub.session() as session:
+        return _principal(session, token)
 
 
 class LoginRequired(Exception):

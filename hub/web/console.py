@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from hub import accounts
-from hub.accounts import SignedIn
+from hub.accounts import SignedIn, TooManyLogins
 from hub.web import operations as ops
 from hub.web.auth import SESSION_COOKIE, check_csrf, console_user
 from hub.web.errors import WebError
@@ -79,11 +79,21 @@ def _session(request: Request) -> Any:
 # ----------------------------------------------------------------------------------------------- sign-in
 @router.get("/login")
 def login_form(request: Request, next: str | None = None, failed: bool = False) -> HTMLResponse:
+    return _login_page(request, next, failed=failed)
+
+
+def _login_page(request: Request, next: str | None, *, failed: bool = False, blocked: int = 0) -> HTMLResponse:
+    """The sign-in form; ``blocked``: seconds until the rate limit lets this name and address try again."""
     token = secrets.token_urlsafe(24)
-    response = render(request, "login.html", None, next=_safe_next(next), failed=failed, login_csrf=token)
+    status = 429 if blocked else 200
+    response = render(
+        request, "login.html", None, status, next=_safe_next(next), failed=failed, blocked=blocked, login_csrf=token
+    )
     response.set_cookie(
         LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict", secure=request.app.state.secure_cookies
     )
+    if blocked:
+        response.headers["Retry-After"] = str(blocked)
     return response
 
 
@@ -98,8 +108,14 @@ def login(
     expected = request.cookies.get(LOGIN_CSRF_COOKIE)
     if not expected or not csrf_token or not secrets.compare_digest(expected, csrf_token):
         raise WebError(403, "csrf", "the sign-in form is stale; reload the page")
+    address = request.client.host if request.client else None
     with _session(request) as session, session.begin():
+        try:  # before the password: a blocked guesser learns nothing more
+            accounts.check_login_allowed(session, name, address)
+        except TooManyLogins as exc:
+            return _login_page(request, next, blocked=exc.retry_after)
         principal = accounts.authenticate_password(session, name, password)
+        accounts.record_login(session, name, address, succeeded=principal is not None)
         if principal is None:
             return RedirectResponse(f"/login?failed=1&next={quote(_safe_next(next))}", status_code=303)
         cookie, _csrf = accounts.open_session(session, principal)

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import phonenumbers
+from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
+
+
+def _national_digits(phone: str) -> str:
+    if phone[:1] == "+" and phone[1:].isdigit() and phone[1:2] != "0":  # E.164, as the hub stores phones
+        for length in (1, 2, 3):  # country calling codes are prefix-free: the first that is one is it
+            if int(phone[1 : 1 + length]) in COUNTRY_CODE_TO_REGION_CODE:
+                return phone[1 + length :]
+    try:
+        return str(phonenumbers.parse(phone, None).national_number)
+    except phonenumbers.NumberParseException:
+        return "".join(ch for ch in phone if ch.isdigit())
 
 
 def mask_phone(phone: str | None) -> str | None:
     """Keep the first three and last four digits of the national number: +8613812345678 → 138****5678."""
     if not phone:
         return phone
-    digits = phone
-    try:
-        digits = str(phonenumbers.parse(phone, None).national_number)
-    except phonenumbers.NumberParseException:
-        digits = "".join(ch for ch in phone if ch.isdigit())
+    digits = _national_digits(phone)
     if len(digits) <= 7:
         return "*" * len(digits)
     return digits[:3] + "*" * (len(digits) - 7) + digits[-4:]

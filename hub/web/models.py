@@ -252,6 +252,12 @@ class PinOut(BaseModel):
     pinned: bool
 
 
+class TokensRevoked(BaseModel):
+    name: str
+    revoked: list[str]
+    """the prefixes of the tokens revoked"""
+
+
 class AdjustOut(BaseModel):
     member_id: str
     delta: int
