@@ -40,11 +40,12 @@ def privacy_export(
 ) -> None:
     """Everything the hub holds about a person, as JSON (the read is audited) / 导出个人数据."""
     from hub.privacy.requests import export
+    from hub.search import ContactRules
 
     cli = _cli()
     hub = cli._hub()
     with hub.session() as session, session.begin():
-        data = export(session, member, actor=_actor(actor), region=hub.config.programme.default_region)
+        data = export(session, member, actor=_actor(actor), rules=ContactRules.of(hub.config.programme))
     text = json.dumps(data, ensure_ascii=False, indent=1, default=str)
     if out is None:
         typer.echo(text)
@@ -64,16 +65,17 @@ def privacy_forget(
 ) -> None:
     """Erase a person's contact data; keep their ledger under a pseudonymous id; block their return / 删除个人数据."""
     from hub.privacy.requests import find_member, forget
+    from hub.search import ContactRules
 
     cli = _cli()
     hub = cli._hub()
-    region = hub.config.programme.default_region
+    rules = ContactRules.of(hub.config.programme)
     if not yes:
         with hub.session() as session:
-            member_id = find_member(session, member, region=region)
+            member_id = find_member(session, member, rules=rules)
         typer.confirm(f"erase the contact data of {member_id} for good? / 永久删除 {member_id} 的个人数据?", abort=True)
     with hub.session() as session, session.begin():
-        counts = forget(session, member, actor=_actor(actor), reason=reason, region=region)
+        counts = forget(session, member, actor=_actor(actor), reason=reason, rules=rules)
     if as_json:
         cli._print_json(counts)
         return

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from sqlalchemy import BigInteger, Select, bindparam, cast, func, or_, select, true, union
 from sqlalchemy.orm import Session
 
-from hub.normalise import email_key, phone_e164
+from hub.normalise import check_email, check_phone
 from hub.privacy import blind_index
 from hub.resolution.text import has_han, pinyin
 from hub.tables import (
@@ -48,10 +48,31 @@ class MemberHit:
     """what the query matched: member_id | redirect | phone | email | source_id | name"""
 
 
-def contact_key(kind: str, raw: str, region: str = "CN") -> str | None:
+@dataclass(frozen=True)
+class ContactRules:
+    """How a phone or an e-mail someone types is read: as staging read the stored ones, with
+    memberhub.yaml's ``programme.default_region`` and ``programme.email_rewrite``. A search that
+    read them otherwise would miss (``J.Smith+shop@gmail.com`` is stored as ``jsmith@gmail.com``
+    where Gmail addresses are folded)."""
+
+    region: str = "CN"
+    email_rewrite: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, programme: Any) -> ContactRules:
+        return cls(programme.default_region, frozenset(programme.email_rewrite))
+
+    def value(self, kind: str, raw: str) -> str | None:
+        """The normalised phone (E.164) or e-mail, or None when it is not a valid one."""
+        if kind == "phone":
+            return check_phone(raw, self.region).value
+        return check_email(raw, rewrite=self.email_rewrite).value
+
+
+def contact_key(kind: str, raw: str, rules: ContactRules = ContactRules()) -> str | None:
     """The blind index a phone (any common writing of it) or an e-mail is stored under, or None when
     it is not a valid phone or address."""
-    value = phone_e164(raw, region) if kind == "phone" else email_key(raw)
+    value = rules.value(kind, raw)
     return None if value is None else blind_index(kind, value)
 
 
@@ -68,12 +89,12 @@ def contact_query(kind: str) -> Select:
 
 
 def member_ids_by_contact(
-    session: Session, *, phone: str | None = None, email: str | None = None, region: str = "CN"
+    session: Session, *, phone: str | None = None, email: str | None = None, rules: ContactRules = ContactRules()
 ) -> list[str]:
     """Active golden members holding this phone or e-mail in any source record."""
     found: set[str] = set()
     for kind, raw in (("phone", phone), ("email", email)):
-        key = None if raw is None else contact_key(kind, raw, region)
+        key = None if raw is None else contact_key(kind, raw, rules)
         if key is not None:
             found.update(session.connection().execute(contact_query(kind), {"contact_key": key}).scalars())
     return sorted(found)
@@ -129,7 +150,12 @@ def _by_name(session: Session, text: str, limit: int) -> list[str]:
 
 
 def find_members(
-    session: Session, query: str, *, limit: int = 50, stores: tuple[str, ...] | None = None, region: str = "CN"
+    session: Session,
+    query: str,
+    *,
+    limit: int = 50,
+    stores: tuple[str, ...] | None = None,
+    rules: ContactRules = ContactRules(),
 ) -> list[MemberHit]:
     """Members matching ``query``, best kind of match first. ``stores``: only members of these stores
     (a clerk's search)."""
@@ -147,10 +173,10 @@ def find_members(
         if active:
             add([active], "redirect" if redirected else "member_id")
     elif "@" in text:
-        add(member_ids_by_contact(session, email=text, region=region), "email")
+        add(member_ids_by_contact(session, email=text, rules=rules), "email")
     else:
         if _PHONE_LIKE.match(text):
-            add(member_ids_by_contact(session, phone=text, region=region), "phone")
+            add(member_ids_by_contact(session, phone=text, rules=rules), "phone")
         if " " not in text:
             add(_by_source_id(session, text), "source_id")
         if not found:
@@ -263,7 +289,7 @@ def lookup(
     email: str | None = None,
     member_id: str | None = None,
     stores: tuple[str, ...] | None = None,
-    region: str = "CN",
+    rules: ContactRules = ContactRules(),
 ) -> tuple[int, list[dict[str, Any]]]:
     """What a till or a shop needs about the member(s) behind a phone, e-mail or member id: id,
     name, tier, balance and pending points, in one query, with the access generation it was read at.
@@ -285,7 +311,7 @@ def lookup(
                 rows, redirected_from = reader.fetch(query_by("member_id"), {**params, "member_id": active}), asked
     else:
         by, raw = ("phone", phone) if phone is not None else ("email", email)
-        key = None if raw is None else contact_key(by, raw, region)
+        key = None if raw is None else contact_key(by, raw, rules)
         rows = reader.fetch(query_by(by), {**params, "contact_key": key or ""})
     generation = rows[0][0]
     members = [dict(zip(LOOKUP_COLUMNS[1:], row[1:], strict=True)) for row in rows if row[1] is not None]

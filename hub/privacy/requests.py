@@ -31,10 +31,10 @@ from sqlalchemy import delete, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from hub import ledger, tiers
-from hub.normalise import check_email, check_phone
 from hub.privacy.crypto import PrivacyError, keyring
 from hub.privacy.guard import erase_records, tombstone_keys
 from hub.resolve import active_member_id
+from hub.search import ContactRules
 from hub.tables import (
     AuditLog,
     Base,
@@ -60,7 +60,7 @@ PII_KEYS = frozenset({"phone", "phone_raw", "email", "full_name", "given_name", 
 
 
 # ------------------------------------------------------------------------------------------ finding
-def find_member(session: Session, ref: str, *, region: str = "CN") -> str:
+def find_member(session: Session, ref: str, *, rules: ContactRules = ContactRules()) -> str:
     """The active golden id behind a member id, a phone or an e-mail (by blind index)."""
     text = ref.strip()
     if _MEMBER_ID.fullmatch(text):
@@ -69,10 +69,8 @@ def find_member(session: Session, ref: str, *, region: str = "CN") -> str:
             raise PrivacyError(f"no member {ref!r}; golden member ids look like MH00000001")
         return member_id
     ring = keyring()
-    if "@" in text:
-        kind, value = "email", check_email(text).value
-    else:
-        kind, value = "phone", check_phone(text, region).value
+    kind = "email" if "@" in text else "phone"
+    value = rules.value(kind, text)
     if value is None:
         raise PrivacyError(f"{ref!r} is neither a member id (MH00000001), a valid phone number nor an e-mail address")
     key = ring.blind_index(kind, value)
@@ -146,9 +144,9 @@ def _audit_about(session: Session, ids: list[str], quarantine_ids: Iterable[int]
 
 
 # ------------------------------------------------------------------------------------------ export
-def export(session: Session, ref: str, *, actor: str, region: str = "CN") -> dict[str, Any]:
+def export(session: Session, ref: str, *, actor: str, rules: ContactRules = ContactRules()) -> dict[str, Any]:
     """Everything the hub holds about the person behind ``ref``; the read is written to the audit log."""
-    member_id = find_member(session, ref, region=region)
+    member_id = find_member(session, ref, rules=rules)
     ids = person_ids(session, member_id)
     golden = {g.member_id: g for g in session.scalars(select(GoldenMember).where(GoldenMember.member_id.in_(ids)))}
     staged = _staged(session, ids)
@@ -272,9 +270,11 @@ def _webhook_events(staged: list[StagedMember]) -> Any:
 
 
 # ------------------------------------------------------------------------------------------ forget
-def forget(session: Session, ref: str, *, actor: str, reason: str | None = None, region: str = "CN") -> dict[str, Any]:
+def forget(
+    session: Session, ref: str, *, actor: str, reason: str | None = None, rules: ContactRules = ContactRules()
+) -> dict[str, Any]:
     """Erase the person behind ``ref`` (see the module's docstring for what stays). Idempotent."""
-    member_id = find_member(session, ref, region=region)
+    member_id = find_member(session, ref, rules=rules)
     ids = person_ids(session, member_id)
     ring = keyring()
     staged = _staged(session, ids)

@@ -88,6 +88,10 @@ def _hub(request: Request) -> Any:
     return request.app.state.hub
 
 
+def _contact_rules(request: Request) -> search.ContactRules:
+    return request.app.state.contact_rules
+
+
 def _write(
     request: Request, who: Principal, key: str | None, payload: Any, status: int, operation: Callable[[Session], Any]
 ) -> JSONResponse:
@@ -194,7 +198,7 @@ def _lookup(request: Request, who: Principal, given: dict[str, str]) -> tuple[in
         request.app.state.lookup_line,
         **given,
         stores=who.stores if who.store_scoped else None,
-        region=_hub(request).config.programme.default_region,
+        rules=_contact_rules(request),
     )
 
 
@@ -224,7 +228,7 @@ def search_members(
     per_page: PerPage = 50,
 ) -> dict[str, Any]:
     with _hub(request).session() as session:
-        hits = ops.search(session, who, q, limit=page * per_page)
+        hits = ops.search(session, who, q, limit=page * per_page, rules=_contact_rules(request))
     return {"items": hits[(page - 1) * per_page :], "page": page, "per_page": per_page, "total": len(hits)}
 
 

@@ -14,6 +14,7 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from hub.search import ContactRules
 from hub.service import Hub
 from hub.web import api, console, dashboard, webhooks
 from hub.web.auth import LoginRequired, TokenCache
@@ -87,6 +88,7 @@ def create_app(hub: Hub, *, secure_cookies: bool | None = None) -> FastAPI:
     app.state.secure_cookies = secure_cookies
     app.state.token_cache = TokenCache()
     app.state.lookup_line = LookupLine(hub.database_url)
+    app.state.contact_rules = ContactRules.of(hub.config.programme)
     app.state.nav = list(console.NAV)
     app.add_exception_handler(WebError, _web_error)
     app.add_exception_handler(HubError, _hub_error)

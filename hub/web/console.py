@@ -221,7 +221,7 @@ def search_page(request: Request, user: User, q: str = "") -> HTMLResponse:
     hits: list[dict[str, Any]] = []
     if q.strip():
         with _session(request) as session:
-            hits = ops.search(session, user.principal, q)
+            hits = ops.search(session, user.principal, q, rules=request.app.state.contact_rules)
     return render(request, "search.html", user, q=q, hits=hits)
 
 

@@ -17,7 +17,7 @@ from hub import ledger, tiers
 from hub.accounts import Principal
 from hub.resolution import steward
 from hub.resolution.settings import SURVIVING_FIELDS
-from hub.search import find_members, id_redirects, member_stores, resolve_member_id
+from hub.search import ContactRules, find_members, id_redirects, member_stores, resolve_member_id
 from hub.tables import (
     AuditLog,
     GoldenFieldPin,
@@ -161,10 +161,13 @@ def member_detail(session: Session, principal: Principal, member_id: str, *, via
     }
 
 
-def search(session: Session, principal: Principal, query: str, *, limit: int = 50) -> list[dict[str, Any]]:
+def search(
+    session: Session, principal: Principal, query: str, *, limit: int = 50, rules: ContactRules = ContactRules()
+) -> list[dict[str, Any]]:
     """Search results never show full contact fields (only a member's own page does, audited)."""
     require(principal, "member.read")
-    hits = find_members(session, query, limit=limit, stores=principal.stores if principal.store_scoped else None)
+    stores = principal.stores if principal.store_scoped else None
+    hits = find_members(session, query, limit=limit, stores=stores, rules=rules)
     return [
         {
             "member_id": h.member_id,
