@@ -15,8 +15,10 @@ over many) and a batch of 10,000 new records.
 
 ``--db N`` adds the path through the hub database (PostgreSQL unless ``--db-url`` names another):
 N generated members loaded as staged members, ``hub.resolve.resolve`` from scratch (model training,
-matching, golden members, links and lineage written), then 1,000 new staged members resolved against
-the index the first run left in memory, then one new member at a time — each in its own transaction,
+matching, golden members, links and lineage written), then 1,000 and 10,000 new staged members
+resolved against the index the first run left in memory, then one new member at a time, then a run
+with nothing new (with the index in memory, and in a cold process), then one new member in a cold
+process (the index rebuilt from the database) — each staged and resolved in its own transaction,
 timed with the commit, in a process of its own (peak memory from getrusage). ``--only-db`` skips the
 other steps.
 """
@@ -50,6 +52,10 @@ FEBRL_COLUMNS = {
     "state": "state",
 }
 MEMBER_FIELDS = ("family_name", "given_name", "full_name", "phone", "email", "birthday", "gender", "city")
+EXTRA = 12_000
+"""Generated records beyond N, for the incremental steps."""
+SINGLES = 50
+"""New members resolved one at a time through the database."""
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -250,10 +256,7 @@ def generated_step(people: int) -> None:
 
 def scale_step(records: int, cache: Path) -> None:
     print(f"Scale — {records:,} generated member records (difficulty 0.5), each step in a fresh process")
-    data = cache / f"members-{records}.pickle"
-    if not data.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, __file__, "--_generate", str(records), str(data)], check=True)
+    data = _data(records, cache)
     done = subprocess.run([sys.executable, __file__, "--_scale", str(data)], check=True, capture_output=True, text=True)
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     print(
@@ -268,15 +271,20 @@ def scale_step(records: int, cache: Path) -> None:
     )
 
 
+def _data(records: int, cache: Path) -> Path:
+    data = cache / f"members-{records}+{EXTRA}.pickle"
+    if not data.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, __file__, "--_generate", str(records), str(data)], check=True)
+    return data
+
+
 POSTGRES = os.environ.get("MEMBERHUB_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 def db_step(records: int, cache: Path, url: str) -> None:
     print(f"Through the database — {records:,} staged members ({url.split('://')[0]}), each run committed")
-    data = cache / f"members-{records}.pickle"
-    if not data.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, __file__, "--_generate", str(records), str(data)], check=True)
+    data = _data(records, cache)
     done = subprocess.run(
         [sys.executable, __file__, "--_db", str(data), url], check=True, capture_output=True, text=True
     )
@@ -286,9 +294,12 @@ def db_step(records: int, cache: Path, url: str) -> None:
         f"  from scratch: resolve + commit {f['seconds']:.1f} s ({f['records'] / f['seconds']:,.0f} records/s; "
         f"training {f['train_seconds']:.1f} s of it), {f['golden']:,} golden members, {f['links']:,} links, "
         f"peak memory {f['peak_mb'] / 1024:.2f} GB\n"
-        f"  incremental: 1,000 new staged members in {f['batch_seconds']:.2f} s; one new member median "
-        f"{f['single_median_ms']:.0f} ms (p95 {f['single_p95_ms']:.0f} ms over {f['single_n']})\n"
-        f"  a cold process (index rebuilt from the database, nothing new): {f['cold_seconds']:.1f} s"
+        f"  incremental: 1,000 new staged members in {f['batch_seconds']:.2f} s, 10,000 in "
+        f"{f['batch10k_seconds']:.2f} s; one new member median {f['single_median_ms']:.1f} ms "
+        f"(p95 {f['single_p95_ms']:.1f} ms over {f['single_n']}), CPU {f['single_cpu_ms']:.1f} ms median\n"
+        f"  nothing new: {f['idle_ms']:.1f} ms with the index in memory, {f['cold_idle_ms']:.1f} ms in a cold process\n"
+        f"  a cold process with one new member (index rebuilt from the database): {f['cold_seconds']:.1f} s\n"
+        f"  golden members equal the resolver's clusters after all runs: {f['agree']}"
     )
 
 
@@ -340,6 +351,7 @@ def _db(path: Path, base_url: str) -> None:
     from sqlalchemy import create_engine, func, select, text
     from sqlalchemy.orm import sessionmaker
 
+    from hub import resolve as resolve_module
     from hub.db import engine_for, upgrade
     from hub.resolve import forget_index, resolve
     from hub.tables import GoldenMember, MemberLink
@@ -389,24 +401,30 @@ def _db(path: Path, base_url: str) -> None:
                 select(func.count()).select_from(GoldenMember).where(GoldenMember.status == "active")
             )
             links = session.scalar(select(func.count()).select_from(MemberLink))
-        began = time.perf_counter()
-        with sessions() as session, session.begin():
-            _insert_staged(session, keys, columns, n, n + 1000)
-            resolve(session)
-        batch_seconds = time.perf_counter() - began
-        latencies = []
-        for i in range(n + 1000, n + 1020):
-            began = time.perf_counter()
+
+        def timed(start: int, stop: int) -> tuple[float, float]:
+            """Wall and CPU seconds of staging records [start, stop) and resolving them, committed."""
+            wall, cpu = time.perf_counter(), time.process_time()
             with sessions() as session, session.begin():
-                _insert_staged(session, keys, columns, i, i + 1)
+                _insert_staged(session, keys, columns, start, stop)
                 resolve(session)
-            latencies.append((time.perf_counter() - began) * 1000)
-        latencies.sort()
+            return time.perf_counter() - wall, time.process_time() - cpu
+
+        batch_seconds = timed(n, n + 1000)[0]
+        batch10k_seconds = timed(n + 1000, n + 11_000)[0]
+        singles = [timed(i, i + 1) for i in range(n + 11_000, n + 11_000 + SINGLES)]
+        latencies = sorted(wall * 1000 for wall, _cpu in singles)
+        single_cpu_ms = statistics.median(cpu * 1000 for _wall, cpu in singles)
+        idle_ms = timed(0, 0)[0] * 1000
         forget_index()
-        began = time.perf_counter()
-        with sessions() as session, session.begin():
-            resolve(session)
-        cold_seconds = time.perf_counter() - began
+        cold_idle_ms = timed(0, 0)[0] * 1000
+        cold_seconds = timed(n + 11_000 + SINGLES, n + 11_001 + SINGLES)[0]
+        with sessions() as session:  # the golden members the runs wrote are the index's clusters
+            (index,) = resolve_module._INDEXES.values()
+            by_golden: dict[str, set[int]] = {}
+            for staged_id, member_id in session.execute(select(MemberLink.staged_member_id, MemberLink.member_id)):
+                by_golden.setdefault(member_id, set()).add(staged_id)
+            agree = {frozenset(g) for g in by_golden.values()} == index.resolver.partition()
     finally:
         engine_for(url).dispose()
         if admin is not None:
@@ -424,21 +442,26 @@ def _db(path: Path, base_url: str) -> None:
                 "golden": golden,
                 "links": links,
                 "batch_seconds": batch_seconds,
+                "batch10k_seconds": batch10k_seconds,
                 "single_median_ms": statistics.median(latencies),
                 "single_p95_ms": latencies[int(len(latencies) * 0.95)],
                 "single_n": len(latencies),
+                "single_cpu_ms": single_cpu_ms,
+                "idle_ms": idle_ms,
+                "cold_idle_ms": cold_idle_ms,
                 "cold_seconds": cold_seconds,
+                "agree": agree,
             }
         )
     )
 
 
 def _generate(records: int, path: Path) -> None:
-    people = int(records / 1.95) + 10_000  # about 2.0 copies per person on average
+    people = int(records / 1.95) + 11_000  # about 2.0 copies per person on average
     keys, recs, _ = world_records(people, 11, 0.5)
-    if len(keys) < records + 11_000:
-        raise SystemExit(f"generated {len(keys)} records, fewer than {records + 11_000}")
-    keys, recs = keys[: records + 11_000], recs[: records + 11_000]
+    if len(keys) < records + EXTRA:
+        raise SystemExit(f"generated {len(keys)} records, fewer than {records + EXTRA}")
+    keys, recs = keys[: records + EXTRA], recs[: records + EXTRA]
     columns = {f: [r.get(f) for r in recs] for f in MEMBER_FIELDS}
     with path.open("wb") as handle:
         pickle.dump({"keys": keys, "columns": columns, "records": records}, handle, protocol=5)

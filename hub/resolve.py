@@ -12,25 +12,33 @@ stable (ARCHITECTURE.md, principles 3–5):
 * a steward's merge, reject or split (``match_constraints``) and pinned fields survive every run;
 * each link stores the evidence and weight that made it, each golden field its source and rule.
 
-The resolver's index lives in memory, per database, and is kept current incrementally: each run
-reads which staged members are new, changed or gone and re-decides only what they affect. A process
-that starts cold rebuilds the index from the staged members — a full run, which gives the same
-clusters as the incremental path by construction (tests/test_resolution_incremental.py).
+The resolver's index lives in memory, per database, and is kept current incrementally. Database
+triggers queue every staged member that is inserted, updated or deleted, and those a steward's
+decision or pin names (``resolution_queue``, migration 0010_5); a run takes the queue and re-decides
+only what those records affect, reading only them, the links and golden members of the clusters the
+resolver decided again, and the review pairs that involve them. A run with an empty queue reads
+nothing else and writes nothing. A process that starts cold, or finds that another process resolved
+since (``resolution_state.generation``), rebuilds the index from the staged members with the stored
+model, no retraining — a full run, which gives the same clusters as the incremental path by
+construction (tests/test_resolution_incremental.py, tests/test_resolution_queue.py).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from sqlalchemy import func, select
+import numpy as np
+from sqlalchemy import ARRAY, any_, delete, event, func, inspect, literal, or_, select
 from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm.attributes import flag_modified
 
 from hub import ledger
-from hub.resolution.engine import Resolver
+from hub.resolution.engine import Resolver, Update
 from hub.resolution.model import Model
 from hub.resolution.settings import SURVIVING_FIELDS, Settings, load_settings
 from hub.resolution.survivorship import survive
@@ -42,6 +50,8 @@ from hub.tables import (
     MatchModelRow,
     MemberIdChange,
     MemberLink,
+    ResolutionQueueRow,
+    ResolutionState,
     ReviewQueueItem,
     StagedMember,
     utcnow,
@@ -64,6 +74,7 @@ class ResolveCounts:
     auto_merged: int = 0  # staged members newly joined to another record of the same person
     merged_golden: int = 0  # golden members folded into an older one
     split: int = 0  # golden ids minted for records that left a golden member
+    emptied: int = 0  # golden members every record left
     relinked: int = 0  # staged members moved from one golden member to another
     review_queued: int = 0  # open pairs in the review queue after this run
     rematched: int = 0  # staged members whose candidates were scored again this run
@@ -75,13 +86,17 @@ class ResolveCounts:
 class _Index:
     resolver: Resolver
     model_id: int | None
-    fingerprints: dict[int, tuple]
+    generation: int | None  # the resolution_state generation it matches; None while a run changes it
     must: set[tuple[int, int]]
     cannot: set[tuple[int, int]]
+    active_golden: int | None = None  # counted when the index is built, then kept by each run
 
 
 _INDEXES: dict[str, _Index] = {}
 _LOCK = threading.Lock()
+QUEUED_DIALECTS = ("postgresql", "sqlite")
+"""Backends whose migration installs the triggers that fill ``resolution_queue``. Elsewhere every
+run reads all staged members, as a cold process does."""
 
 
 def _index_key(session: Session) -> str:
@@ -89,7 +104,7 @@ def _index_key(session: Session) -> str:
 
 
 def forget_index(session: Session | None = None) -> None:
-    """Drop the in-memory index (all of them without a session): the next run rebuilds it."""
+    """Drop the in-memory index (all of them without a session): the next run with work rebuilds it."""
     with _LOCK:
         if session is None:
             _INDEXES.clear()
@@ -97,36 +112,30 @@ def forget_index(session: Session | None = None) -> None:
             _INDEXES.pop(_index_key(session), None)
 
 
-def _match_record(member: Any) -> dict[str, Any]:
-    record = {f: getattr(member, f, None) for f in MATCH_FIELDS}
-    for f in OPTIONAL_MATCH_FIELDS:
-        record[f] = getattr(member, f, None)
-    return record
-
-
-def _match_records(session: Session) -> dict[int, dict[str, Any]]:
-    """Every staged member's match fields by id, in id order: plain rows, not ORM objects (building
-    an object per member cost more than matching it)."""
+def _match_records(session: Session, ids: Iterable[int] | None = None) -> dict[int, dict[str, Any]]:
+    """Staged members' match fields by id (all of them, or those of ``ids``), in id order: plain rows,
+    not ORM objects (building an object per member cost more than matching it)."""
     names = (*MATCH_FIELDS, *OPTIONAL_MATCH_FIELDS)
     present = [f for f in names if f in StagedMember.__table__.c]
-    columns = [getattr(StagedMember, f) for f in present]
-    rows = session.execute(select(StagedMember.id, *columns).order_by(StagedMember.id))
+    query = select(StagedMember.id, *(getattr(StagedMember, f) for f in present)).order_by(StagedMember.id)
+    if ids is None:
+        chunks = [session.execute(query)]
+    else:
+        wanted = sorted(ids)
+        chunks = [
+            session.execute(query.where(_among(session, StagedMember.id, wanted[i : i + ID_CHUNK])))
+            for i in range(0, len(wanted), ID_CHUNK)
+        ]
     records = {}
-    for row in rows:
-        found = dict(zip(present, row[1:], strict=True))
-        records[row[0]] = {f: found.get(f) for f in names}
+    for rows in chunks:
+        for row in rows:
+            found = dict(zip(present, row[1:], strict=True))
+            records[row[0]] = {f: found.get(f) for f in names}
     return records
 
 
-def _fingerprint(record: dict[str, Any]) -> tuple:
-    return tuple(record.get(f) for f in (*MATCH_FIELDS, *OPTIONAL_MATCH_FIELDS))
-
-
-def _load_model(session: Session, settings: Settings) -> tuple[int | None, Model | None]:
-    row = session.scalar(select(MatchModelRow).order_by(MatchModelRow.id.desc()).limit(1))
-    if row is None:
-        return None, None
-    return row.id, Model.from_json(row.params)
+def _latest_model_id(session: Session) -> int | None:
+    return session.scalar(select(func.max(MatchModelRow.id)))
 
 
 def _labels(session: Session) -> list[tuple[int, int, bool]]:
@@ -173,60 +182,180 @@ def train_model(session: Session, *, settings: Settings | None = None, actor: st
     return model
 
 
-def _sync_index(session: Session, settings: Settings, counts: ResolveCounts) -> tuple[_Index, set[int]]:
-    """Bring the in-memory index up to date; also return the staged members whose values changed."""
-    model_id, model = _load_model(session, settings)
-    if model is None and session.scalar(select(func.count()).select_from(StagedMember)) >= MIN_TRAINING_RECORDS:
-        model = train_model(session, settings=settings)
-        if model is not None:
-            model_id = session.scalar(select(func.max(MatchModelRow.id)))
-            counts.model_trained = True
+def _state(session: Session) -> ResolutionState:
+    """The resolution state, locked until the run commits: two runs never decide at the same time."""
+    state = session.scalar(select(ResolutionState).where(ResolutionState.id == 1).with_for_update())
+    if state is None:
+        state = ResolutionState(id=1, generation=0, model_id=None)
+        session.add(state)
+        session.flush()
+    return state
+
+
+def _take_queue(session: Session) -> set[int]:
+    """The staged members queued since the last run, taken off the queue (for good when this run
+    commits). Exactly the rows read are taken: a change committed meanwhile stays for the next run."""
+    table = ResolutionQueueRow.__table__
+    return set(session.scalars(delete(table).returning(table.c.staged_member_id)))
+
+
+def _constraints(session: Session, ids: set[int] | None) -> tuple[set[tuple[int, int]], set[tuple[int, int]]]:
+    """Steward constraints (must, cannot), all of them or those naming one of ``ids``."""
+    query = select(MatchConstraint.kind, MatchConstraint.staged_member_a, MatchConstraint.staged_member_b)
+    if ids is None:
+        rows = list(session.execute(query))
+    else:
+        rows, wanted = [], sorted(ids)
+        for i in range(0, len(wanted), ID_CHUNK):
+            chunk = wanted[i : i + ID_CHUNK]
+            where = or_(
+                _among(session, MatchConstraint.staged_member_a, chunk),
+                _among(session, MatchConstraint.staged_member_b, chunk),
+            )
+            rows.extend(session.execute(query.where(where)))
+    must, cannot = set(), set()
+    for kind, a, b in rows:
+        (must if kind == "must_link" else cannot).add((a, b))
+    return must, cannot
+
+
+def _apply_constraints(
+    index: _Index, must: set[tuple[int, int]], cannot: set[tuple[int, int]], scope: set[int] | None, updates: list
+) -> None:
+    """Bring the index's constraints in line with ``must`` and ``cannot`` (within ``scope``: pairs
+    naming one of those ids; None: all)."""
+    resolver = index.resolver
+    alive = resolver.frame.alive.a
+    position = resolver.frame.position
+
+    def live(pair: tuple[int, int]) -> bool:
+        return all(k in position and alive[position[k]] for k in pair)
+
+    def inside(pair: tuple[int, int]) -> bool:
+        return scope is None or pair[0] in scope or pair[1] in scope
+
+    must, cannot = {p for p in must if live(p)}, {p for p in cannot if live(p)}
+    old_must, old_cannot = {p for p in index.must if inside(p)}, {p for p in index.cannot if inside(p)}
+    for pair in (old_must - must) | (old_cannot - cannot):  # a decision withdrawn or replaced
+        if live(pair):
+            updates.append(resolver.unconstrain(*pair))
+    for pair in (must - old_must) | (cannot - old_cannot):
+        updates.append(resolver.constrain(*pair, same=pair in must))
+    index.must = (index.must - old_must) | must
+    index.cannot = (index.cannot - old_cannot) | cannot
+
+
+def _build_index(session: Session, settings: Settings, model_id: int | None, counts: ResolveCounts) -> _Index:
+    """A fresh index of every staged member (a cold process, another process's run, a new model)."""
+    row = session.get(MatchModelRow, model_id) if model_id is not None else None
+    model = Model.from_json(row.params) if row is not None else None
+    index = _Index(Resolver(settings, model), model_id, None, set(), set())
+    records = _match_records(session)
+    update = index.resolver.add(list(records), list(records.values()))
+    counts.rematched += update.dirty
+    updates: list[Update] = []
+    _apply_constraints(index, *_constraints(session, None), None, updates)
+    return index
+
+
+def _update_index(session: Session, index: _Index, queued: set[int], counts: ResolveCounts) -> set[int]:
+    """Feed the queued staged members to a current index; return the staged members whose cluster
+    was decided again (with everything they may have pulled along)."""
+    resolver = index.resolver
+    records = _match_records(session, queued)
+    position, alive = resolver.frame.position, resolver.frame.alive.a
+    gone = [i for i in queued if i not in records and i in position and alive[position[i]]]
+    updates: list[Update] = []
+    if gone:
+        updates.append(resolver.remove(gone))
+    if records:
+        updates.append(resolver.add(list(records), list(records.values())))
+    _apply_constraints(index, *_constraints(session, queued), queued, updates)
+    touched: set[int] = set()
+    for update in updates:
+        counts.rematched += update.dirty
+        touched.update(update.touched)
+    return touched
+
+
+def _prepare(
+    session: Session, settings: Settings, counts: ResolveCounts
+) -> tuple[_Index, set[int] | None, set[int] | None] | None:
+    """Bring the in-memory index up to date. Returns (index, the staged members whose golden member
+    may change — None: all, the staged members whose values or decisions changed — None: all), or
+    None when nothing changed since the last run."""
+    state = _state(session)
+    queued = _take_queue(session)
+    model_id = _latest_model_id(session)
+    queued_by_triggers = session.get_bind().dialect.name in QUEUED_DIALECTS
+    if queued_by_triggers and model_id == state.model_id and not queued:
+        return None  # nothing new since the last run: nothing to read, nothing to write
+    enough = model_id is None and session.scalar(select(func.count()).select_from(StagedMember)) >= MIN_TRAINING_RECORDS
+    if enough and train_model(session, settings=settings) is not None:
+        model_id = _latest_model_id(session)
+        counts.model_trained = True
+    same_model = model_id == state.model_id
     key = _index_key(session)
     with _LOCK:
-        index = _INDEXES.get(key)
-        if index is None or index.model_id != model_id or index.resolver.settings is not settings:
-            index = _Index(Resolver(settings, model), model_id, {}, set(), set())
-            _INDEXES[key] = index
-    records = _match_records(session)
-    changed = [i for i, r in records.items() if index.fingerprints.get(i) != _fingerprint(r)]
-    gone = [i for i in index.fingerprints if i not in records]
-    if gone:
-        update = index.resolver.remove(gone)
-        counts.rematched += update.dirty
-        for i in gone:
-            index.fingerprints.pop(i, None)
-    if changed:
-        update = index.resolver.add(changed, [records[i] for i in changed])
-        counts.rematched += update.dirty
-        for i in changed:
-            index.fingerprints[i] = _fingerprint(records[i])
-    must, cannot = set(), set()
-    for c in session.scalars(select(MatchConstraint)):
-        if c.staged_member_a in records and c.staged_member_b in records:
-            (must if c.kind == "must_link" else cannot).add((c.staged_member_a, c.staged_member_b))
-    for pair in (index.must - must) | (index.cannot - cannot):  # a decision withdrawn or replaced
-        index.resolver.unconstrain(*pair)
-    for pair in (must - index.must) | (cannot - index.cannot):
-        index.resolver.constrain(*pair, same=pair in must)
-    index.must, index.cannot = must, cannot
-    return index, set(changed)
+        index = _INDEXES.pop(key, None)  # back when this run commits (an error leaves no half-updated index)
+    warm = (
+        queued_by_triggers
+        and same_model
+        and index is not None
+        and index.generation == state.generation
+        and index.model_id == model_id
+        and index.resolver.settings is settings
+    )
+    if warm:
+        return index, _update_index(session, index, queued, counts) | queued, queued
+    index = _build_index(session, settings, model_id, counts)
+    return index, None, (queued if queued_by_triggers and same_model else None)
+
+
+def _finish(session: Session, index: _Index) -> None:
+    """Record the run: the next one in this process starts from the index as it is now."""
+    state = _state(session)
+    state.generation += 1
+    state.model_id = index.model_id
+    state.updated_at = utcnow()
+    session.flush()
+    index.generation = state.generation
+    key = _index_key(session)
+    session.info.setdefault("resolution_indexes", {})[key] = index
+    if not session.info.get("resolution_hook"):
+        session.info["resolution_hook"] = True
+        event.listen(session, "after_commit", _keep_indexes)
+        event.listen(session, "after_soft_rollback", _drop_indexes)
+
+
+def _keep_indexes(session: Session) -> None:
+    with _LOCK:
+        _INDEXES.update(session.info.pop("resolution_indexes", {}))
+
+
+def _drop_indexes(session: Session, _previous: Any) -> None:
+    session.info.pop("resolution_indexes", None)
 
 
 # ------------------------------------------------------------------------------------------ resolve
 def resolve(session: Session, *, actor: str = "system", settings: Settings | None = None) -> ResolveCounts:
-    """Bring golden members, links, the review queue and lineage up to date with the staged members."""
+    """Bring golden members, links, the review queue and lineage up to date with the staged members.
+
+    Only what changed since the last run is read and decided again: the staged members the queue
+    names, the clusters their candidates belong to, and the review pairs that involve them."""
     settings = settings or load_settings()
     counts = ResolveCounts()
-    index, changed = _sync_index(session, settings, counts)
+    prepared = _prepare(session, settings, counts)
+    if prepared is None:
+        index = _INDEXES.get(_index_key(session))
+        counts.golden = index.active_golden if index is not None else _active_golden(session)
+        counts.review_queued = _open_reviews(session)
+        return counts
+    index, scope, changed = prepared
     resolver = index.resolver
-    clusters: dict[Any, list[int]] = defaultdict(list)
-    for staged_id, head in resolver.clusters().items():
-        clusters[head].append(staged_id)
-
-    # The evidence is only ever replaced here, never read: not loaded (it is most of a link's bytes).
-    unread = defer(MemberLink.evidence)
-    links = {link.staged_member_id: link for link in session.scalars(select(MemberLink).options(unread))}
-    golden = {g.member_id: g for g in session.scalars(select(GoldenMember))}
+    links, golden, clusters = _load_scope(session, resolver, scope)
+    if changed is None:  # a new model: every link's evidence and every golden member again
+        changed = set(links).union(*clusters.values())
     by_golden: dict[str, list[int]] = defaultdict(list)
     for staged_id, link in links.items():
         by_golden[link.member_id].append(staged_id)
@@ -245,12 +374,17 @@ def resolve(session: Session, *, actor: str = "system", settings: Settings | Non
     next_seq = (session.scalar(select(func.max(GoldenMember.seq))) or 0) + 1
     touched_golden: set[str] = set()
     scored: list[tuple[MemberLink, Any]] = []  # links whose evidence is scored in one pass below
+    # Redirects, audit and points of merges and splits, written after the links have their evidence:
+    # the ledger's queries flush the session, and a link flushed before its evidence is written twice.
+    moves: list[tuple[Any, GoldenMember, GoldenMember, list[int] | None]] = []
+    evidenced: list[int] = []  # staged members whose link evidence was written again
     for head, staged_ids in sorted(clusters.items(), key=lambda kv: min(kv[1])):
         owners = sorted(claim.get(head, []), key=lambda mid: golden[mid].seq)
         current = {links[s].member_id for s in staged_ids if s in links}
         if owners and current == {owners[0]} and sorted(by_golden[owners[0]]) == sorted(staged_ids):
             if changed.intersection(staged_ids):  # same members, new values: new evidence
                 _evidence(resolver, staged_ids, links, scored)
+                evidenced.extend(staged_ids)
                 touched_golden.add(owners[0])
             continue  # unchanged cluster
         if owners:
@@ -264,11 +398,13 @@ def resolve(session: Session, *, actor: str = "system", settings: Settings | Non
             if left:
                 counts.split += 1
                 for old in left:
-                    _split(session, golden[old], survivor, [s for s in staged_ids if links[s].member_id == old], actor)
+                    leaving = [s for s in staged_ids if s in links and links[s].member_id == old]
+                    moves.append((_split, golden[old], survivor, leaving))
             else:
                 counts.created += 1
         for absorbed in owners[1:]:
-            _merge(session, golden[absorbed], survivor, links, actor)
+            _fold(golden[absorbed], survivor, [links[s] for s in by_golden[absorbed]])
+            moves.append((_merge, golden[absorbed], survivor, None))
             counts.merged_golden += 1
         joined = len(staged_ids) > 1
         for staged_id in staged_ids:
@@ -286,34 +422,106 @@ def resolve(session: Session, *, actor: str = "system", settings: Settings | Non
                 counts.relinked += 1
         touched_golden.add(survivor.member_id)
         _evidence(resolver, staged_ids, links, scored)
+        evidenced.extend(staged_ids)
     _fill_evidence(resolver, scored)
+    for staged_id in evidenced:
+        _whole_row(links[staged_id], ("member_id", "linked_at", "rule", "evidence"))
+    for move, source, target, leaving in moves:
+        move(session, source, target, leaving, actor)
 
-    session.flush()
-    pins: dict[str, dict[str, Any]] = defaultdict(dict)
-    for pin in session.scalars(select(GoldenFieldPin)):
-        pins[pin.member_id][pin.field] = {"value": pin.value, "by": pin.pinned_by, "at": pin.pinned_at.isoformat()}
-    members_of: dict[str, list[int]] = defaultdict(list)
-    for staged_id, link in links.items():
-        members_of[link.member_id].append(staged_id)
-    # survivorship only where something changed: membership, a record's values, or a pin
-    touched_golden |= set(pins) & set(members_of)
-    touched_golden |= {links[s].member_id for s in changed if s in links}
-    needed = sorted({s for member_id in touched_golden for s in members_of.get(member_id, ())})
-    members: dict[int, StagedMember] = {}
-    for start in range(0, len(needed), ID_CHUNK):  # PostgreSQL takes at most 65,535 parameters a statement
-        chunk = needed[start : start + ID_CHUNK]
-        members.update((m.id, m) for m in session.scalars(select(StagedMember).where(StagedMember.id.in_(chunk))))
-    for member_id in sorted(touched_golden & set(members_of)):
-        staged_ids = members_of[member_id]
-        _survive(golden[member_id], [members[s] for s in staged_ids if s in members], settings, pins.get(member_id))
-    for member_id in touched_golden - set(members_of):
-        g = golden[member_id]
-        if g.status == "active" and g.merged_into is None:
-            g.status = "empty"  # every record left; the id stays readable in member_id_changes
-    counts.review_queued = _review_queue(session, resolver)
-    session.flush()
-    counts.golden = sum(1 for g in golden.values() if g.status == "active")
+    # Nothing is written until the golden members have their values: a new one is one INSERT,
+    # not an INSERT and then an UPDATE.
+    with session.no_autoflush:
+        members_of: dict[str, list[int]] = defaultdict(list)
+        for staged_id, link in links.items():
+            members_of[link.member_id].append(staged_id)
+        # survivorship only where something changed: membership, a record's values, or a pin
+        touched_golden |= {links[s].member_id for s in changed if s in links}
+        pins: dict[str, dict[str, Any]] = defaultdict(dict)
+        wanted = sorted(touched_golden & set(members_of))
+        for pin in _in_chunks(session, select(GoldenFieldPin), GoldenFieldPin.member_id, wanted):
+            pins[pin.member_id][pin.field] = {"value": pin.value, "by": pin.pinned_by, "at": pin.pinned_at.isoformat()}
+        needed = sorted({s for member_id in wanted for s in members_of.get(member_id, ())})
+        members: dict[int, StagedMember] = {}
+        for start in range(0, len(needed), ID_CHUNK):  # PostgreSQL takes at most 65,535 parameters a statement
+            chunk = needed[start : start + ID_CHUNK]
+            query = select(StagedMember).where(_among(session, StagedMember.id, chunk))
+            members.update((m.id, m) for m in session.scalars(query))
+        for member_id in wanted:
+            staged_ids = members_of[member_id]
+            _survive(golden[member_id], [members[s] for s in staged_ids if s in members], settings, pins.get(member_id))
+        for member_id in touched_golden - set(members_of):
+            g = golden[member_id]
+            if g.status == "active" and g.merged_into is None:
+                g.status = "empty"  # every record left; the id stays readable in member_id_changes
+                counts.emptied += 1
+        _review_queue(session, resolver, scope)
+    if scope is None or index.active_golden is None:
+        session.flush()
+        index.active_golden = _active_golden(session)
+    else:
+        index.active_golden += counts.created + counts.split - counts.merged_golden - counts.emptied
+    counts.golden = index.active_golden
+    _finish(session, index)
+    counts.review_queued = _open_reviews(session)
     return counts
+
+
+def _active_golden(session: Session) -> int:
+    return int(session.scalar(select(func.count()).where(GoldenMember.status == "active")) or 0)
+
+
+def _open_reviews(session: Session) -> int:
+    return int(session.scalar(select(func.count()).where(ReviewQueueItem.status == "open")) or 0)
+
+
+def _among(session: Session, column: Any, ids: list[Any]) -> Any:
+    """``column IN ids``; on PostgreSQL one array parameter (``= ANY``): psycopg took longer to
+    convert a statement with thousands of placeholders than the server took to run it."""
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(literal(list(ids), ARRAY(column.type)))
+    return column.in_(ids)
+
+
+def _in_chunks(session: Session, query: Any, column: Any, ids: Iterable[Any]) -> list[Any]:
+    ids = sorted(ids)
+    out: list[Any] = []
+    for i in range(0, len(ids), ID_CHUNK):
+        out.extend(session.scalars(query.where(_among(session, column, ids[i : i + ID_CHUNK]))))
+    return out
+
+
+def _load_scope(
+    session: Session, resolver: Resolver, scope: set[int] | None
+) -> tuple[dict[int, MemberLink], dict[str, GoldenMember], dict[Any, list[int]]]:
+    """The links, golden members and clusters a run may change: everything (``scope`` None), or
+    the clusters of the staged members in ``scope`` with every golden member they are linked to and
+    every record of those. A cluster the run did not decide again is, record for record, the golden
+    member it was linked to last time, so this closes over whole clusters and whole golden members."""
+    # The evidence is only ever replaced here, never read: not loaded (it is most of a link's bytes).
+    unread = defer(MemberLink.evidence)
+    position, alive, label, keys = (
+        resolver.frame.position,
+        resolver.frame.alive.a,
+        resolver.label,
+        resolver.frame.keys,
+    )
+    if scope is None:
+        links = {link.staged_member_id: link for link in session.scalars(select(MemberLink).options(unread))}
+        golden = {g.member_id: g for g in session.scalars(select(GoldenMember))}
+        staged = [keys[p] for p in np.nonzero(alive)[0].tolist()]
+    else:
+        query = select(MemberLink).options(unread)
+        links = {link.staged_member_id: link for link in _in_chunks(session, query, MemberLink.staged_member_id, scope)}
+        member_ids = {link.member_id for link in links.values()}
+        for link in _in_chunks(session, query, MemberLink.member_id, member_ids):
+            links.setdefault(link.staged_member_id, link)
+        golden = {g.member_id: g for g in _in_chunks(session, select(GoldenMember), GoldenMember.member_id, member_ids)}
+        staged = [s for s in scope | set(links) if s in position and alive[position[s]]]
+    clusters: dict[Any, list[int]] = defaultdict(list)
+    for s in staged:
+        clusters[keys[int(label[position[s]])]].append(s)
+    return links, golden, clusters
 
 
 def _evidence(
@@ -344,10 +552,23 @@ def _fill_evidence(resolver: Resolver, scored: list[tuple[MemberLink, Any]]) -> 
         link.rule, link.evidence = best.rule if best.rule != "score" else "probabilistic", evidence
 
 
-def _review_queue(session: Session, resolver: Resolver) -> int:
-    """Open a review item for each uncertain pair; close items whose pair no longer needs review."""
-    wanted = {(min(a, b), max(a, b)): w for a, b, w in resolver.review_pairs()}
-    existing = {(i.staged_member_a, i.staged_member_b): i for i in session.scalars(select(ReviewQueueItem))}
+def _review_queue(session: Session, resolver: Resolver, scope: set[int] | None) -> None:
+    """Open a review item for each uncertain pair; close items whose pair no longer needs review.
+    With a ``scope`` only the pairs that involve one of those staged members are looked at."""
+    wanted = {(min(a, b), max(a, b)): w for a, b, w in resolver.review_pairs(scope)}
+    query = select(ReviewQueueItem)
+    if scope is None:
+        found = list(session.scalars(query))
+    else:
+        found = {}
+        ids = sorted(scope)
+        for i in range(0, len(ids), ID_CHUNK):
+            chunk = ids[i : i + ID_CHUNK]
+            a, b = ReviewQueueItem.staged_member_a, ReviewQueueItem.staged_member_b
+            where = or_(_among(session, a, chunk), _among(session, b, chunk))
+            found.update((item.id, item) for item in session.scalars(query.where(where)))
+        found = list(found.values())
+    existing = {(i.staged_member_a, i.staged_member_b): i for i in found}
     for pair, item in existing.items():
         if item.status in ("open", "deferred") and pair not in wanted:
             item.status, item.updated_at = "obsolete", utcnow()
@@ -376,17 +597,18 @@ def _review_queue(session: Session, resolver: Resolver) -> int:
             item.weight, item.probability, item.evidence = round(weight, 4), evidence["probability"], evidence
             item.updated_at = utcnow()
     session.flush()
-    return int(session.scalar(select(func.count()).where(ReviewQueueItem.status == "open")) or 0)
 
 
-def _merge(
-    session: Session, absorbed: GoldenMember, survivor: GoldenMember, links: dict[int, MemberLink], actor: str
-) -> None:
-    """Fold ``absorbed`` into the older ``survivor``: relink, redirect, move the points."""
-    for link in links.values():
+def _fold(absorbed: GoldenMember, survivor: GoldenMember, links: list[MemberLink]) -> None:
+    """``absorbed`` joins the older ``survivor``: its records (``links``) are relinked, it redirects there."""
+    for link in links:
         if link.member_id == absorbed.member_id:
             link.member_id = survivor.member_id
     absorbed.status, absorbed.merged_into, absorbed.updated_at = "merged", survivor.member_id, utcnow()
+
+
+def _merge(session: Session, absorbed: GoldenMember, survivor: GoldenMember, _leaving: None, actor: str) -> None:
+    """After ``_fold``: the redirect downstream systems read, the points, the audit."""
     session.add(MemberIdChange(old_member_id=absorbed.member_id, new_member_id=survivor.member_id, kind="merge"))
     moved = ledger.transfer_balance(session, absorbed.member_id, survivor.member_id, actor=actor)
     session.add(
@@ -445,6 +667,17 @@ def _survive(golden: GoldenMember, cluster: list[StagedMember], settings: Settin
         changed = True
     if changed:
         golden.updated_at = utcnow()
+        _whole_row(golden, (*values, "phone_bidx", "email_bidx", "lineage", "updated_at"))
+
+
+def _whole_row(row: Any, columns: Iterable[str]) -> None:
+    """Write these columns of a changed row whether or not each changed: the flush sends rows with
+    the same columns as one batch, and rows that each changed a different few went one by one."""
+    state = inspect(row)
+    if state.persistent:
+        for column in columns:
+            if column in state.dict:
+                flag_modified(row, column)
 
 
 def active_member_id(session: Session, member_id: str) -> str:

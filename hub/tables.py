@@ -530,6 +530,31 @@ class MatchModelRow(Base):
     created_by: Mapped[str] = mapped_column(String(64), default="system")
 
 
+class ResolutionQueueRow(Base):
+    """A staged member the resolver has to look at again. Database triggers (migration 0010_5) add a
+    row whenever a staged member is inserted, updated or deleted, a steward constraint about it
+    changes, or a pin changes on its golden member; a resolve run takes the rows it reads away in
+    its own transaction. No foreign key: a deleted staged member must stay queued."""
+
+    __tablename__ = "resolution_queue"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    staged_member_id: Mapped[int] = mapped_column(BigInteger)
+
+
+class ResolutionState(Base):
+    """One row: how far resolution has got. ``generation`` goes up with every run that changed
+    something, so a process whose in-memory index is of another generation knows to rebuild it;
+    ``model_id`` is the model every golden member was last decided with."""
+
+    __tablename__ = "resolution_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    generation: Mapped[int] = mapped_column(BigInteger, default=0)
+    model_id: Mapped[int | None] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Account(Base):
     """A person or a till that signs in to the console or the API. ``role``: admin | steward | clerk |
     auditor; a clerk sees only the members and points of ``stores``. The password is an argon2 hash."""

@@ -58,6 +58,7 @@ class Update:
     pairs: int = 0  # candidate pairs scored
     region: int = 0  # records clustered again
     moved: list[Any] = field(default_factory=list)  # keys whose cluster changed
+    touched: list[Any] = field(default_factory=list)  # keys clustered again (not filled by a full run)
 
 
 def _views(settings: Settings) -> dict[str, set[str]]:
@@ -283,15 +284,26 @@ class Resolver:
             evidence["probability"] = round(float(self.model.probability(weights[i])), 6)
         return found
 
-    def review_pairs(self) -> list[tuple[Any, Any, float]]:
+    def review_pairs(self, involving: Iterable[Any] | None = None) -> list[tuple[Any, Any, float]]:
         """Pairs in different clusters whose weight is at or above the review weight, strongest first
-        (excluding pairs a steward already declared different)."""
+        (excluding pairs a steward already declared different); only those with a record among
+        ``involving`` when given."""
         out = []
         keys = self.frame.keys
-        for p, nbrs in self.adj.items():
+        if involving is None:
+            rows: Iterable[tuple[int, dict[int, float]]] = self.adj.items()
+        else:
+            position = self.frame.position
+            at = {position[k] for k in involving if k in position}
+            rows = ((p, self.adj[p]) for p in sorted(at) if p in self.adj)
+        seen = set()
+        for p, nbrs in rows:
             for q, w in nbrs.items():
-                if p < q and self.label[p] != self.label[q] and q not in self.cannot.get(p, ()):
-                    out.append((keys[p], keys[q], w))
+                pair = (min(p, q), max(p, q))
+                if pair in seen or self.label[p] == self.label[q] or q in self.cannot.get(p, ()):
+                    continue
+                seen.add(pair)
+                out.append((keys[pair[0]], keys[pair[1]], w))
         return sorted(out, key=lambda t: (-t[2], str(t[0]), str(t[1])))
 
     def stats(self) -> dict[str, Any]:
@@ -527,6 +539,8 @@ class Resolver:
         # record of every cluster that may change, and every record that may join one.
         region = self._reach(seeds)
         self._cluster_region(sorted(region), update)
+        keys, alive = self.frame.keys, self.frame.alive.a
+        update.touched = [keys[p] for p in sorted(region) if alive[p]]
 
     def _linked(self, p: int) -> Iterable[int]:
         merge_w = self.merge_w
