@@ -79,6 +79,8 @@ _ARITHMETIC = (exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Mod)
 TOP_LEVEL = ("tag_prefix", "segments", "triggers")
 SEGMENT_KEYS = ("label", "description", "rule", "tag", "writeback")
 DEFAULT_TAG_PREFIX = "MH-"
+RECOMPUTED_TABLES = ("segment_memberships", "segment_history", "segment_runs", *metrics.TABLES)
+"""Everything ``recompute`` writes: emptied, the next run starts from nothing (benchmarks, resets)."""
 
 
 class SegmentFileError(ConfigError):
@@ -361,7 +363,12 @@ def recompute(
     session: Session, definitions: Segments, *, default_tier: str, as_of: datetime | None = None
 ) -> RunCounts:
     """Rebuild the member view, then move members into and out of every segment. Re-running with
-    nothing changed records no entry or exit."""
+    nothing changed records no entry or exit.
+
+    Membership is diffed in one pass: every rule is evaluated over the view (one scan each), the
+    result is full-joined with the current memberships, and only the differences — who entered, who
+    left, including everyone in a segment taken out of the file — are written, to the history and
+    to the memberships."""
     as_of = as_of or datetime.now(UTC)
     run = SegmentRun(as_of=as_of, definitions_hash=definitions.fingerprint, sizes={})
     session.add(run)
@@ -369,72 +376,58 @@ def recompute(
     counts = RunCounts(run_id=run.id)
     counts.members = metrics.refresh(session, as_of=as_of, default_tier=default_tier, store_cities=store_cities())
     now = sql.timestamp(as_of, session)
-    sizes: dict[str, Any] = {}
-    for segment in definitions:
-        name = sql.text(segment.name)
-        rule = segment.sql(session)
-        entered = session.execute(
-            text(
-                sql.render(
-                    f"""INSERT INTO segment_history (run_id, segment, member_id, change, at)
-                    SELECT {run.id}, {name}, m.member_id, 'entered', {now} FROM member_metrics AS m
-                    WHERE ({rule}) AND NOT EXISTS (
-                      SELECT 1 FROM segment_memberships AS s WHERE s.segment = {name} AND s.member_id = m.member_id)""",
-                    session,
-                )
-            )
-        ).rowcount
-        still_in = f"AND NOT EXISTS (SELECT 1 FROM member_metrics AS m WHERE m.member_id = s.member_id AND ({rule}))"
-        left = _leave(session, run.id, name, now, still_in)
-        sizes[segment.name] = {"entered": entered, "left": left}
-        counts.entered += entered
-        counts.left += left
-    stale = session.scalars(select(SegmentMembership.segment).distinct()).all()
-    for segment_name in stale:
-        if segment_name not in definitions.segments:  # a segment taken out of the file: everyone leaves it
-            counts.left += _leave(session, run.id, sql.text(segment_name), now, "")
-    session.execute(
-        text(
-            sql.render(
-                f"""DELETE FROM segment_memberships WHERE EXISTS (
-                  SELECT 1 FROM segment_history AS h WHERE h.run_id = {run.id} AND h.change = 'left'
-                  AND h.segment = segment_memberships.segment AND h.member_id = segment_memberships.member_id)""",
-                session,
-            )
-        )
-    )
-    session.execute(
-        text(
-            sql.render(
-                f"""INSERT INTO segment_memberships (segment, member_id, entered_at, run_id)
-                SELECT segment, member_id, at, run_id FROM segment_history
-                WHERE run_id = {run.id} AND change = 'entered'""",
-                session,
-            )
-        )
-    )
+    metrics.drop_work_tables(session, (MOVES,))
+    session.execute(text(sql.render(_moves(session, definitions), session)))
+    moved = {"entered": {}, "left": {}}
+    for segment_name, change, number in session.execute(
+        text(f"SELECT segment, change, COUNT(*) FROM {MOVES} GROUP BY segment, change")
+    ):
+        moved[change][segment_name] = int(number)
+    counts.entered, counts.left = sum(moved["entered"].values()), sum(moved["left"].values())
+    for statement in (
+        f"""INSERT INTO segment_history (run_id, segment, member_id, change, at)
+        SELECT {run.id}, segment, member_id, change, {now} FROM {MOVES}
+        ORDER BY segment, member_id {metrics.BYTE_ORDER}""",
+        f"""DELETE FROM segment_memberships WHERE EXISTS (
+          SELECT 1 FROM {MOVES} AS v WHERE v.change = 'left'
+          AND v.segment = segment_memberships.segment AND v.member_id = segment_memberships.member_id)""",
+        f"""INSERT INTO segment_memberships (segment, member_id, entered_at, run_id)
+        SELECT segment, member_id, {now}, {run.id} FROM {MOVES} WHERE change = 'entered'
+        ORDER BY segment, member_id {metrics.BYTE_ORDER}""",
+    ):
+        session.execute(text(sql.render(statement, session)))
+    metrics.drop_work_tables(session, (MOVES,))
     for segment_name, size in session.execute(
         select(SegmentMembership.segment, func.count()).group_by(SegmentMembership.segment)
     ):
         counts.sizes[segment_name] = int(size)
+    sizes: dict[str, Any] = {}
     for segment in definitions:
-        sizes[segment.name]["members"] = counts.sizes.setdefault(segment.name, 0)
+        sizes[segment.name] = {
+            "entered": moved["entered"].get(segment.name, 0),
+            "left": moved["left"].get(segment.name, 0),
+            "members": counts.sizes.setdefault(segment.name, 0),
+        }
     run.members, run.sizes, run.finished_at = counts.members, sizes, datetime.now(UTC)
     session.flush()
     return counts
 
 
-def _leave(session: Session, run_id: int, name: str, now: str, condition: str) -> int:
-    return session.execute(
-        text(
-            sql.render(
-                f"""INSERT INTO segment_history (run_id, segment, member_id, change, at)
-                SELECT {run_id}, {name}, s.member_id, 'left', {now} FROM segment_memberships AS s
-                WHERE s.segment = {name} {condition}""",
-                session,
-            )
-        )
-    ).rowcount
+MOVES = "segment_moves"
+"""The run's scratch table (temporary): segment, member_id, change (entered | left)."""
+
+
+def _moves(session: Session, definitions: Segments) -> str:
+    wanted = [
+        f"SELECT {sql.text(s.name)} AS segment, m.member_id FROM member_metrics AS m WHERE ({s.sql(session)})"
+        for s in definitions
+    ] or ["SELECT segment, member_id FROM segment_memberships WHERE 1 = 0"]
+    return f"""CREATE TEMPORARY TABLE {MOVES} AS
+    WITH wanted AS ({" UNION ALL ".join(wanted)})
+    SELECT COALESCE(w.segment, s.segment) AS segment, COALESCE(w.member_id, s.member_id) AS member_id,
+           CASE WHEN s.member_id IS NULL THEN 'entered' ELSE 'left' END AS change
+    FROM wanted AS w FULL OUTER JOIN segment_memberships AS s ON s.segment = w.segment AND s.member_id = w.member_id
+    WHERE w.member_id IS NULL OR s.member_id IS NULL"""
 
 
 # ------------------------------------------------------------------------------ reading

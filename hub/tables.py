@@ -808,7 +808,9 @@ class DestinationEventRow(Base):
     member_id: Mapped[str | None] = mapped_column(String(16), index=True)
     outcome: Mapped[str] = mapped_column(String(16))
     detail: Mapped[str | None] = mapped_column(Text)
-    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    payload: Mapped[dict[str, Any]] = mapped_column(
+        EncryptedJSON, default=dict, doc="sealed: the destination's event can name the customer's phone or e-mail"
+    )
     recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

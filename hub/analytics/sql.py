@@ -20,6 +20,7 @@ class HubSQLite(SQLite):
         TRANSFORMS = {  # noqa: RUF012 - sqlglot reads generator settings as class attributes
             **SQLite.Generator.TRANSFORMS,
             exp.TimeToUnix: lambda self, e: f"CAST(STRFTIME('%s', {self.sql(e, 'this')}) AS INTEGER)",
+            exp.Collate: lambda self, e: f"{self.sql(e, 'this')} COLLATE BINARY",  # SQLite's byte order is C's
         }
 
 
