@@ -8,6 +8,10 @@ this process beside each wall time (so a figure per core can be worked out):
   stage (Python, end to end)   hub.staging.stage: read raw records, map, validate, normalise
                                (phones, emails, names and pinyin, birthdays, gender, addresses),
                                write staged rows; records/s. Run first, with every cache cold.
+  stage, workers=N (PostgreSQL)  the same again from scratch with StageOptions(workers=N) (1: one
+                               process; 2: two worker processes, hub.staging_parallel); beside the
+                               CPU of this process, its workers' CPU and the server backends' CPU
+                               (read from /proc, sampled while they run: "~"), and all three per record
   the stages of it, measured one by one afterwards (caches then warm):
     read + decrypt             select the sealed payloads and open them (hub.privacy)
     map                        the compiled mapping closures alone
@@ -30,6 +34,7 @@ import argparse
 import os
 import random
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -164,6 +169,67 @@ def line(label: str, count: int, clock: Clock | None, wall: float | None = None,
     )
 
 
+def _backends(session) -> list[int]:
+    """This run's backends but the asking one (they share an application_name; pg_stat_activity is
+    read afresh: within one transaction it would not change)."""
+    found = session.execute(
+        text(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = current_setting('application_name')"
+            " AND pid <> pg_backend_pid()"
+        )
+    )
+    pids = list(found.scalars())
+    session.rollback()
+    return pids
+
+
+def _proc_cpu(pid: int) -> float | None:
+    """User + system CPU seconds of a process from /proc (None when it is not readable)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def parallel_run(sessions, mappings, count: int, workers: int) -> None:
+    """Stage everything again with ``workers`` processes: CPU of this process, its workers (children,
+    reaped) and the server's backends (their /proc, sampled while they live)."""
+    with sessions() as session, session.begin():
+        session.execute(text("TRUNCATE staged_members CASCADE"))
+        session.execute(text("UPDATE source_records SET staged_hash = NULL"))
+    children = os.times()
+    backends: dict[int, float] = {}
+    stop = threading.Event()
+
+    def sample() -> None:
+        with sessions() as watcher:
+            while not stop.wait(0.1):
+                for pid in _backends(watcher):
+                    if (cpu := _proc_cpu(pid)) is not None:
+                        backends[pid] = cpu
+
+    watcher = threading.Thread(target=sample, daemon=True)
+    with sessions() as probe:
+        own = probe.connection().exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        pids = [*_backends(probe), own]  # (the same connection: the session keeps it until rollback)
+        start = {pid: cpu for pid in pids if (cpu := _proc_cpu(pid)) is not None}
+    watcher.start()
+    with Clock() as staged, sessions() as session, session.begin():
+        counts = staging.stage(session, mappings, {}, options=staging.StageOptions(workers=workers))
+    stop.set()
+    watcher.join()
+    after = os.times()
+    child_cpu = (after.children_user - children.children_user) + (after.children_system - children.children_system)
+    server = sum(cpu - start.get(pid, 0.0) for pid, cpu in backends.items())
+    assert counts.members + counts.quarantined == count, counts
+    print(
+        line(f"stage, workers={workers}", count, staged)
+        + f"  + workers' cpu {child_cpu:6.2f} s, server cpu ~{server:6.2f} s"
+        + f" = {1e6 * (staged.cpu + child_cpu + server) / count:6.1f} µs/record in all"
+    )
+
+
 def run(url: str, count: int, mapping_path: Path) -> None:
     upgrade(url)
     load(url, count)
@@ -175,12 +241,15 @@ def run(url: str, count: int, mapping_path: Path) -> None:
     print("  load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
     with Clock() as staged, sessions() as session, session.begin():
-        counts = staging.stage(session, mappings, {})
+        counts = staging.stage(session, mappings, {}, options=staging.StageOptions(workers=1))
     assert counts.members + counts.quarantined == count, counts
     print(
         line("stage (Python, end to end)", count, staged)
         + f"  (staged {counts.members:,}, quarantined {counts.quarantined:,}, flagged {counts.flagged:,})"
     )
+    if dialect == "postgres":
+        for workers in (1, 2):
+            parallel_run(sessions, mappings, count, workers)
 
     with Clock() as read, sessions() as session:
         payloads = [payload for (payload,) in session.execute(select(SourceRecordRow.payload))]
@@ -232,7 +301,9 @@ def main() -> None:
         with admin.connect() as connection:
             connection.execute(text(f'CREATE SCHEMA "{schema}"'))
         try:
-            run(f"{args.database_url}?options=-csearch_path%3D{schema}", args.records, mapping_path)
+            # its own application_name: the server CPU counted is this run's backends', not others' on the database
+            url = f"{args.database_url}?options=-csearch_path%3D{schema}&application_name={schema}"
+            run(url, args.records, mapping_path)
         finally:
             with admin.connect() as connection:
                 connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))

@@ -73,7 +73,9 @@ def _walk(value: dict[str, Any], prefix: str, out: set[tuple[str, str]], depth: 
 
 
 @dataclass
-class _Seen:
+class FieldSeen:
+    """How often a field path was seen in one staging run, and where last."""
+
     count: int = 0
     last: int = 0  # the position (1-based) of the last record in this run that had it
 
@@ -82,7 +84,7 @@ class _Seen:
 class Discovery:
     """Field paths seen during one staging run, saved to ``stream_fields`` at the end of it."""
 
-    streams: dict[tuple[str, str], dict[tuple[str, str], _Seen]] = field(default_factory=dict)
+    streams: dict[tuple[str, str], dict[tuple[str, str], FieldSeen]] = field(default_factory=dict)
     records: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def observe(self, connector: str, stream: str, payload: Any) -> None:
@@ -95,7 +97,7 @@ class Discovery:
         for item in field_paths(payload):
             entry = seen.get(item)
             if entry is None:
-                entry = seen[item] = _Seen()
+                entry = seen[item] = FieldSeen()
             entry.count += 1
             entry.last = position
 

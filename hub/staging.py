@@ -16,22 +16,26 @@ What quarantines a record, and what only flags a value:
 Throughput matters (a first load is millions of records): rows are read and written in batches,
 staged rows handed to the driver in one call per batch (COPY on PostgreSQL, executemany on
 SQLite) after the columns' own types have sealed and converted them, and the costly normalisers
-have fast paths and caches (see benchmarks/staging.py for the figures).
+have fast paths and caches (see benchmarks/staging.py for the figures). On PostgreSQL the work is
+split across processes, one per CPU (``StageOptions.workers``; ``hub.staging_parallel``), with the
+same results as one process.
 """
 
 from __future__ import annotations
 
+import os
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlalchemy import bindparam, delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from hub.drift import Discovery
+from hub.db import insert_many
+from hub.drift import Discovery, FieldSeen, field_paths
 from hub.normalise import (
     EMAIL_PROVIDERS,
     check_birthday,
@@ -71,6 +75,10 @@ class StageOptions:
     email_rewrite: frozenset[str] = frozenset()
     day_first: bool | None = None
     family_first: bool = False
+    workers: int | None = None
+    """Processes that stage at once, each over its own slice of the pending records with its own
+    connection (``hub.staging.parallel``). None: one per CPU on PostgreSQL, one elsewhere (SQLite
+    has one writer)."""
 
     @classmethod
     def of(cls, programme: ProgrammeConfig) -> StageOptions:
@@ -105,6 +113,8 @@ class Rejected(Exception):
         self.reason = reason
 
 
+PENDING = or_(SourceRecordRow.staged_hash.is_(None), SourceRecordRow.staged_hash != SourceRecordRow.content_hash)
+"""Source records that are new, or changed since they were last staged."""
 _RECORD_COLUMNS = (
     SourceRecordRow.id,
     SourceRecordRow.source,
@@ -126,13 +136,14 @@ def stage(
 ) -> StageCounts:
     """Stage every new or changed source record. ``kinds`` maps connector name -> system kind."""
     options = options or StageOptions(region=region)
+    workers = _workers(session, options)
+    if workers > 1:
+        from hub.staging_parallel import stage_parallel
+
+        return stage_parallel(session, mappings, kinds, options, workers, on_batch)
     counts = StageCounts()
-    discovery = Discovery()
-    pending = (
-        select(*_RECORD_COLUMNS)
-        .where(or_(SourceRecordRow.staged_hash.is_(None), SourceRecordRow.staged_hash != SourceRecordRow.content_hash))
-        .order_by(SourceRecordRow.id)
-    )
+    seen = FieldsSeen()
+    pending = select(*_RECORD_COLUMNS).where(PENDING).order_by(SourceRecordRow.id)
     claims = Claims()
     last_id = 0
     while True:
@@ -140,13 +151,72 @@ def stage(
         if not rows:
             break
         for row in rows:
-            discovery.observe(row.source, row.stream, row.payload)
+            seen.observe(row)
         stage_rows(session, rows, mappings, kinds, options, counts, claims)
         last_id = rows[-1].id
         if on_batch:
             on_batch(len(rows))
-    discovery.save(session)
+    FieldsSeen.merged([seen]).save(session)
     return counts
+
+
+_FLAT = frozenset(type_ for type_ in (str, int, float, bool, type(None), Decimal))
+
+
+class FieldsSeen:
+    """The field paths of the records a run read, for ``hub.drift.Discovery``: walked once per
+    distinct shape of flat record (the same keys with values of the same types), not per record."""
+
+    def __init__(self) -> None:
+        # (connector, stream) -> (record ids read, {paths of a record: [records, last record id]})
+        self.streams: dict[tuple[str, str], tuple[list[int], dict[frozenset, list[int]]]] = {}
+        self._shapes: dict[tuple[tuple[str, ...], tuple[type, ...]], frozenset] = {}
+
+    def __getstate__(self) -> dict[str, Any]:  # sent back by staging workers: the counts, not the cache
+        return {"streams": self.streams, "_shapes": {}}
+
+    def observe(self, row: Any) -> None:
+        ids, shapes = self.streams.setdefault((row.source, row.stream), ([], {}))
+        ids.append(row.id)
+        payload = row.payload
+        if not isinstance(payload, dict):
+            return
+        types = tuple(map(type, payload.values()))
+        if _FLAT.issuperset(types):
+            shape = (tuple(payload), types)
+            paths = self._shapes.get(shape)
+            if paths is None:
+                paths = self._shapes[shape] = frozenset(field_paths(payload))
+        else:
+            paths = frozenset(field_paths(payload))
+        entry = shapes.get(paths)
+        if entry is None:
+            shapes[paths] = [1, row.id]
+        else:
+            entry[0] += 1
+            entry[1] = row.id
+
+    @staticmethod
+    def merged(parts: Iterable[FieldsSeen]) -> Discovery:
+        """One run's discovery from what one or more processes read, counted as one process reading
+        the records in source record id order would (positions are ranks in that order)."""
+        parts = list(parts)
+        discovery = Discovery()
+        for key in sorted({key for part in parts for key in part.streams}):
+            ids = sorted(record_id for part in parts if key in part.streams for record_id in part.streams[key][0])
+            discovery.records[key] = len(ids)
+            items: dict[tuple[str, str], list[int]] = {}
+            for part in parts:
+                for paths, (count, last) in part.streams.get(key, ([], {}))[1].items():
+                    for item in paths:
+                        entry = items.setdefault(item, [0, 0])
+                        entry[0] += count
+                        entry[1] = max(entry[1], last)
+            if items:
+                discovery.streams[key] = {
+                    item: FieldSeen(count=count, last=bisect_right(ids, last)) for item, (count, last) in items.items()
+                }
+        return discovery
 
 
 def stage_records(
@@ -179,10 +249,29 @@ def stage_rows(
     """Map, validate and normalise one batch of source records, then write the results with a
     handful of statements: staged rows inserted or updated, failures quarantined, fixed records
     released from quarantine, and each record marked as staged at the version that was read."""
-    ids = [row.id for row in rows]
+    members, orders, failed = prepare_rows(session, rows, mappings, kinds, options)
+    claims = claims if claims is not None else Claims()
+    _claim_source_ids(session, members, StagedMember, rows, failed, claims)
+    _claim_source_ids(session, orders, StagedOrder, rows, failed, claims)
+    write_rows(session, rows, members, orders, failed, counts, claims)
+
+
+Failed = dict[int, tuple[Any, "Rejected", Mapping | None]]
+"""source record id -> (the record, why it was rejected, its mapping)"""
+
+
+def prepare_rows(
+    session: Session,
+    rows: Sequence[Any],
+    mappings: dict[tuple[str, str], Mapping],
+    kinds: dict[str, str],
+    options: StageOptions,
+) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]], Failed]:
+    """The staged member and order rows of a batch (source record id -> values, with blind
+    indexes; forgotten people left out) and the records that failed. Writes nothing of its own."""
     members: dict[int, dict[str, Any]] = {}
     orders: dict[int, dict[str, Any]] = {}
-    failed: dict[int, tuple[Any, Rejected, Mapping | None]] = {}
+    failed: Failed = {}
     for row in rows:
         mapping = mappings.get((kinds.get(row.source, row.source), row.stream))
         try:
@@ -198,13 +287,25 @@ def stage_rows(
         except Rejected as exc:
             failed[row.id] = (row, exc, mapping)
     protect_members(session, members)  # blind indexes; forgotten people (hub.privacy) are not staged again
-    claims = claims if claims is not None else Claims()
-    _claim_source_ids(session, members, StagedMember, rows, failed, claims)
-    _claim_source_ids(session, orders, StagedOrder, rows, failed, claims)
+    return members, orders, failed
 
-    existing_members = _existing(session, StagedMember, ids)
-    existing_orders = _existing(session, StagedOrder, ids)
-    quarantined = _existing(session, QuarantineRow, ids)
+
+def write_rows(
+    session: Session,
+    rows: Sequence[Any],
+    members: dict[int, dict[str, Any]],
+    orders: dict[int, dict[str, Any]],
+    failed: Failed,
+    counts: StageCounts,
+    claims: Claims | None = None,
+) -> None:
+    """Write one prepared batch whose source ids are settled: staged rows inserted or updated,
+    failures quarantined, fixed records released, each record marked staged at the version read."""
+    ids = [row.id for row in rows]
+    claims = claims if claims is not None else Claims()
+    existing_members = _existing(session, StagedMember, ids, claims)
+    existing_orders = _existing(session, StagedOrder, ids, claims)
+    quarantined = _existing(session, QuarantineRow, ids, claims)
     now = utcnow()
     _write(session, StagedMember, members, existing_members, now)
     _write(session, StagedOrder, orders, existing_orders, now)
@@ -248,6 +349,12 @@ def stage_rows(
     session.flush()
 
 
+def _workers(session: Session, options: StageOptions) -> int:
+    if not _postgres(session):
+        return 1  # SQLite has one writer
+    return max(1, options.workers if options.workers is not None else os.cpu_count() or 1)
+
+
 def _postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
@@ -273,8 +380,13 @@ def _mark_staged(session: Session, rows: Sequence[Any]) -> None:
     )
 
 
-def _existing(session: Session, model: Any, ids: list[int]) -> dict[int, int]:
-    """source record id -> primary key of the row already staged (or quarantined) for it."""
+def _existing(session: Session, model: Any, ids: list[int], claims: Claims) -> dict[int, int]:
+    """source record id -> primary key of the row already staged (or quarantined) for it. None when
+    the table was empty when the run started: a run stages each record once, so the rows it wrote
+    itself are other records' (and a first load skips a lookup that, without statistics on the
+    fresh table, PostgreSQL answers with a scan of it)."""
+    if claims.table_was_empty(session, model):
+        return {}
     if _postgres(session):  # one array parameter instead of an IN list of thousands
         table = model.__tablename__
         found = session.connection().exec_driver_sql(
@@ -292,7 +404,7 @@ class Claims:
     freshly filled table PostgreSQL scans it for each lookup, which made staging quadratic.)"""
 
     owners: dict[tuple[str, str, str], int] = field(default_factory=dict)
-    empty_at_start: dict[tuple[str, str], bool] = field(default_factory=dict)
+    empty_at_start: dict[tuple[str, str | None], bool] = field(default_factory=dict)  # (table, source or None)
 
     def was_empty(self, session: Session, model: Any, source: str) -> bool:
         key = (model.__tablename__, source)
@@ -301,13 +413,49 @@ class Claims:
             self.empty_at_start[key] = found is None
         return self.empty_at_start[key]
 
+    def table_was_empty(self, session: Session, model: Any) -> bool:
+        key = (model.__tablename__, None)
+        if key not in self.empty_at_start:
+            self.empty_at_start[key] = session.scalar(select(model.id).limit(1)) is None
+        return self.empty_at_start[key]
+
+    def look_up(self, session: Session, model: Any, wanted: Iterable[tuple[str, str]]) -> None:
+        """Learn the owners of these (source, source_id) pairs that are already staged, for the
+        sources that had staged rows when the run started."""
+        table = model.__tablename__
+        by_source: dict[str, set[str]] = {}
+        for source, source_id in wanted:
+            if (table, source, source_id) not in self.owners:
+                by_source.setdefault(source, set()).add(source_id)
+        for source, source_ids in by_source.items():
+            if self.was_empty(session, model, source):
+                continue
+            ids = sorted(source_ids)
+            for start in range(0, len(ids), 1000):
+                for source_id, record_id in session.execute(
+                    select(model.source_id, model.source_record_id).where(
+                        model.source == source, model.source_id.in_(ids[start : start + 1000])
+                    )
+                ):
+                    self.owners[(table, source, source_id)] = record_id
+
+    def settle(self, table: str, wanted: Iterable[tuple[int, str, str]]) -> dict[int, tuple[str, int]]:
+        """Claim (source, source_id) for each record, in the order given (source record id
+        order): record id -> (source_id, owner) for the records whose id another record owns."""
+        taken = {}
+        for record_id, source, source_id in wanted:
+            owner = self.owners.setdefault((table, source, source_id), record_id)
+            if owner != record_id:
+                taken[record_id] = (source_id, owner)
+        return taken
+
 
 def _claim_source_ids(
     session: Session,
     staged: dict[int, dict[str, Any]],
     model: Any,
     rows: Sequence[Any],
-    failed: dict[int, tuple[Any, Rejected, Mapping | None]],
+    failed: Failed,
     claims: Claims,
 ) -> None:
     """(source, source_id) is unique among staged rows. A record whose mapped id is already taken
@@ -316,32 +464,16 @@ def _claim_source_ids(
         return
     table = model.__tablename__
     by_id = {row.id: row for row in rows}
-    wanted: dict[str, set[str]] = {}
-    for values in staged.values():
-        key = (table, values["source"], values["source_id"])
-        if key not in claims.owners:
-            wanted.setdefault(values["source"], set()).add(values["source_id"])
-    for source, source_ids in wanted.items():
-        if claims.was_empty(session, model, source):
-            continue
-        ids = sorted(source_ids)
-        for start in range(0, len(ids), 1000):
-            for source_id, record_id in session.execute(
-                select(model.source_id, model.source_record_id).where(
-                    model.source == source, model.source_id.in_(ids[start : start + 1000])
-                )
-            ):
-                claims.owners[(table, source, source_id)] = record_id
-    for record_id in list(staged):
-        source, source_id = staged[record_id]["source"], staged[record_id]["source_id"]
-        owner = claims.owners.setdefault((table, source, source_id), record_id)
-        if owner != record_id:
-            del staged[record_id]
-            failed[record_id] = (
-                by_id[record_id],
-                Rejected("source_id", f"source_id: {source_id!r} is already the id of source record {owner}"),
-                None,
-            )
+    claims.look_up(session, model, [(values["source"], values["source_id"]) for values in staged.values()])
+    wanted = [(record_id, values["source"], values["source_id"]) for record_id, values in staged.items()]
+    taken = claims.settle(table, wanted)
+    for record_id, (source_id, owner) in taken.items():
+        del staged[record_id]
+        failed[record_id] = (by_id[record_id], taken_reason(source_id, owner), None)
+
+
+def taken_reason(source_id: str, owner: int) -> Rejected:
+    return Rejected("source_id", f"source_id: {source_id!r} is already the id of source record {owner}")
 
 
 def _write(session: Session, model: Any, staged: dict[int, dict[str, Any]], existing: dict[int, int], now: Any) -> None:
@@ -352,63 +484,9 @@ def _write(session: Session, model: Any, staged: dict[int, dict[str, Any]], exis
         else:
             inserts.append({"source_record_id": record_id, **values, "staged_at": now})
     if inserts:
-        _insert_many(session, model.__table__, inserts)
+        insert_many(session, model.__table__, inserts)
     if updates:
         session.execute(update(model), updates)
-
-
-def _insert_many(session: Session, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-    """INSERT rows that all have the same keys, converted by the columns' own types (sealing, JSON,
-    UTC times) exactly as a Core insert would, but handed to the driver in one call: COPY on
-    PostgreSQL, executemany on SQLite. (Core's executemany costs more per row than staging the
-    record did; the ORM's bulk path would also fetch generated keys row by row.)"""
-    connection = session.connection()
-    dialect = connection.dialect
-    names = list(rows[0])
-    if dialect.name not in ("postgresql", "sqlite") or any(list(row) != names for row in rows):
-        session.execute(insert(table), rows)
-        return
-    columns = [table.c[name] for name in names]
-    processors = [column.type.dialect_impl(dialect).bind_processor(dialect) for column in columns]
-    converters = [
-        (i, _remembered(p) if isinstance(getattr(c.type, "impl", c.type), sa.Date | sa.DateTime) else p)
-        for i, (c, p) in enumerate(zip(columns, processors, strict=True))
-        if p is not None
-    ]
-    tuples = []
-    for row in rows:
-        values = list(row.values())
-        for i, convert in converters:
-            values[i] = convert(values[i])
-        tuples.append(values)
-    quoted = ", ".join(dialect.identifier_preparer.quote(name) for name in names)
-    cursor = connection.connection.driver_connection.cursor()
-    try:
-        if dialect.name == "postgresql":
-            with cursor.copy(f"COPY {dialect.identifier_preparer.format_table(table)} ({quoted}) FROM STDIN") as copy:
-                for values in tuples:
-                    copy.write_row(values)
-        else:
-            marks = ", ".join("?" * len(names))
-            cursor.executemany(f"INSERT INTO {table.name} ({quoted}) VALUES ({marks})", tuples)
-    finally:
-        cursor.close()
-
-
-def _remembered(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """A date or time column's conversion, done once per distinct value of a batch (the time of
-    staging is the same for every row, and SQLite's datetime formatting costs microseconds). Only
-    for values that are pure data: sealed columns get a fresh nonce for each value."""
-    seen: dict[Any, Any] = {}
-
-    def remembered(value: Any) -> Any:
-        try:
-            return seen[value]
-        except KeyError:
-            done = seen[value] = convert(value)
-            return done
-
-    return remembered
 
 
 # ------------------------------------------------------------------------------ one record
@@ -535,12 +613,17 @@ def order_values(mapping: Mapping, payload: dict[str, Any], source: str) -> dict
 
 __all__ = [
     "EXTRA_MEMBER_FIELDS",
+    "PENDING",
+    "Claims",
+    "FieldsSeen",
     "Rejected",
     "StageCounts",
     "StageOptions",
     "member_values",
     "order_values",
+    "prepare_rows",
     "stage",
     "stage_records",
     "stage_rows",
+    "write_rows",
 ]
