@@ -296,7 +296,8 @@ def db_step(records: int, cache: Path, url: str) -> None:
         f"peak memory {f['peak_mb'] / 1024:.2f} GB\n"
         f"  incremental: 1,000 new staged members in {f['batch_seconds']:.2f} s, 10,000 in "
         f"{f['batch10k_seconds']:.2f} s; one new member median {f['single_median_ms']:.1f} ms "
-        f"(p95 {f['single_p95_ms']:.1f} ms over {f['single_n']}), CPU {f['single_cpu_ms']:.1f} ms median\n"
+        f"(p95 {f['single_p95_ms']:.1f} ms over {f['single_n']}), CPU {f['single_cpu_ms']:.1f} ms median, "
+        f"{f['single_statements']:.0f} statements a run\n"
         f"  nothing new: {f['idle_ms']:.1f} ms with the index in memory, {f['cold_idle_ms']:.1f} ms in a cold process\n"
         f"  a cold process with one new member (index rebuilt from the database): {f['cold_seconds']:.1f} s\n"
         f"  golden members equal the resolver's clusters after all runs: {f['agree']}"
@@ -348,7 +349,7 @@ def _insert_staged(session, keys, columns, start, stop) -> None:
 def _db(path: Path, base_url: str) -> None:
     import uuid
 
-    from sqlalchemy import create_engine, func, select, text
+    from sqlalchemy import create_engine, event, func, select, text
     from sqlalchemy.orm import sessionmaker
 
     from hub import resolve as resolve_module
@@ -402,19 +403,29 @@ def _db(path: Path, base_url: str) -> None:
             )
             links = session.scalar(select(func.count()).select_from(MemberLink))
 
-        def timed(start: int, stop: int) -> tuple[float, float]:
-            """Wall and CPU seconds of staging records [start, stop) and resolving them, committed."""
+        statements = [0]  # statements the last resolve sent (a COPY counts as none)
+
+        @event.listens_for(engine_for(url), "before_cursor_execute")
+        def _count(*_args: Any) -> None:
+            statements[0] += 1
+
+        def timed(start: int, stop: int) -> tuple[float, float, int]:
+            """Wall and CPU seconds of staging records [start, stop) and resolving them, committed,
+            and the statements the resolve sent."""
             wall, cpu = time.perf_counter(), time.process_time()
             with sessions() as session, session.begin():
                 _insert_staged(session, keys, columns, start, stop)
+                statements[0] = 0
                 resolve(session)
-            return time.perf_counter() - wall, time.process_time() - cpu
+                sent = statements[0]
+            return time.perf_counter() - wall, time.process_time() - cpu, sent
 
         batch_seconds = timed(n, n + 1000)[0]
         batch10k_seconds = timed(n + 1000, n + 11_000)[0]
         singles = [timed(i, i + 1) for i in range(n + 11_000, n + 11_000 + SINGLES)]
-        latencies = sorted(wall * 1000 for wall, _cpu in singles)
-        single_cpu_ms = statistics.median(cpu * 1000 for _wall, cpu in singles)
+        latencies = sorted(wall * 1000 for wall, _cpu, _sent in singles)
+        single_cpu_ms = statistics.median(cpu * 1000 for _wall, cpu, _sent in singles)
+        single_statements = statistics.median(sent for _wall, _cpu, sent in singles)
         idle_ms = timed(0, 0)[0] * 1000
         forget_index()
         cold_idle_ms = timed(0, 0)[0] * 1000
@@ -447,6 +458,7 @@ def _db(path: Path, base_url: str) -> None:
                 "single_p95_ms": latencies[int(len(latencies) * 0.95)],
                 "single_n": len(latencies),
                 "single_cpu_ms": single_cpu_ms,
+                "single_statements": single_statements,
                 "idle_ms": idle_ms,
                 "cold_idle_ms": cold_idle_ms,
                 "cold_seconds": cold_seconds,

@@ -21,6 +21,11 @@ nothing else and writes nothing. A process that starts cold, or finds that anoth
 since (``resolution_state.generation``), rebuilds the index from the staged members with the stored
 model, no retraining — a full run, which gives the same clusters as the incremental path by
 construction (tests/test_resolution_incremental.py, tests/test_resolution_queue.py).
+
+Links, golden members and review items are read and written with Core statements, not the ORM: plain
+rows (hub.resolution.rows), new ones inserted in one call, changed columns in one UPDATE per set of
+columns, and only what changed (phone and e-mail compared by blind index, evidence recomputed only
+for links whose pair or values changed).
 """
 
 from __future__ import annotations
@@ -33,13 +38,15 @@ from datetime import date
 from typing import Any
 
 import numpy as np
-from sqlalchemy import ARRAY, any_, delete, event, func, inspect, literal, or_, select
-from sqlalchemy.orm import Session, defer
-from sqlalchemy.orm.attributes import flag_modified
+from sqlalchemy import ARRAY, any_, delete, event, exists, func, literal, or_, select
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from hub import ledger
+from hub.db import insert_many, update_many
 from hub.resolution.engine import Resolver, Update
 from hub.resolution.model import Model
+from hub.resolution.rows import GOLDEN_KEYS, GOLDEN_VALUES, GoldenRow, LinkRow, write_golden, write_links
 from hub.resolution.settings import SURVIVING_FIELDS, Settings, load_settings
 from hub.resolution.survivorship import survive
 from hub.tables import (
@@ -61,7 +68,10 @@ MATCH_FIELDS = ("family_name", "given_name", "full_name", "phone", "email", "bir
 OPTIONAL_MATCH_FIELDS = ("id_number", "loyalty_card", "postcode", "address")
 """Used when the staged member table has them (another issue adds hashed resident ids)."""
 ID_CHUNK = 10_000
-"""Ids per ``IN (...)`` list."""
+"""Ids per ``IN (...)`` list (PostgreSQL takes them all as one array parameter)."""
+SURVIVOR_COLUMNS = ("id", "source", "source_id", "updated_at", "created_at", *SURVIVING_FIELDS)
+"""What survivorship reads of a staged member."""
+CONSTRAINED = "constrained"
 MIN_TRAINING_RECORDS = 1000
 """Below this many staged members the model keeps its settings' starting values."""
 
@@ -114,23 +124,31 @@ def forget_index(session: Session | None = None) -> None:
 
 def _match_records(session: Session, ids: Iterable[int] | None = None) -> dict[int, dict[str, Any]]:
     """Staged members' match fields by id (all of them, or those of ``ids``), in id order: plain rows,
-    not ORM objects (building an object per member cost more than matching it)."""
-    names = (*MATCH_FIELDS, *OPTIONAL_MATCH_FIELDS)
+    not ORM objects (building an object per member cost more than matching it). Those of ``ids``
+    also carry what survivorship reads (``SURVIVOR_COLUMNS``), so a run decrypts them once, and
+    ``CONSTRAINED``: whether a steward's constraint names them."""
+    extra = () if ids is None else SURVIVOR_COLUMNS
+    names = [f for f in dict.fromkeys((*MATCH_FIELDS, *OPTIONAL_MATCH_FIELDS, *extra)) if f != "id"]
     present = [f for f in names if f in StagedMember.__table__.c]
-    query = select(StagedMember.id, *(getattr(StagedMember, f) for f in present)).order_by(StagedMember.id)
+    columns = [getattr(StagedMember, f) for f in present]
+    if ids is not None:
+        mc = MatchConstraint.__table__
+        named = or_(mc.c.staged_member_a == StagedMember.id, mc.c.staged_member_b == StagedMember.id)
+        columns.append(exists().where(named).label(CONSTRAINED))
+        present.append(CONSTRAINED)
+        names.append(CONSTRAINED)
+    query = select(StagedMember.id, *columns).order_by(StagedMember.id)
     if ids is None:
         chunks = [session.execute(query)]
     else:
-        wanted = sorted(ids)
-        chunks = [
-            session.execute(query.where(_among(session, StagedMember.id, wanted[i : i + ID_CHUNK])))
-            for i in range(0, len(wanted), ID_CHUNK)
-        ]
+        chunks = [session.execute(query.where(_among(session, StagedMember.id, c))) for c in _chunks(session, ids)]
     records = {}
     for rows in chunks:
         for row in rows:
             found = dict(zip(present, row[1:], strict=True))
             records[row[0]] = {f: found.get(f) for f in names}
+            if extra:
+                records[row[0]]["id"] = row[0]
     return records
 
 
@@ -182,14 +200,18 @@ def train_model(session: Session, *, settings: Settings | None = None, actor: st
     return model
 
 
-def _state(session: Session) -> ResolutionState:
-    """The resolution state, locked until the run commits: two runs never decide at the same time."""
-    state = session.scalar(select(ResolutionState).where(ResolutionState.id == 1).with_for_update())
-    if state is None:
-        state = ResolutionState(id=1, generation=0, model_id=None)
-        session.add(state)
-        session.flush()
-    return state
+def _state(session: Session) -> tuple[ResolutionState, int | None]:
+    """The resolution state, locked until the run commits (two runs never decide at the same time),
+    and the latest model's id, read with it."""
+    latest = select(func.max(MatchModelRow.id)).scalar_subquery()
+    query = select(ResolutionState, latest).where(ResolutionState.id == 1).with_for_update(of=ResolutionState)
+    found = session.execute(query).first()
+    if found is not None:
+        return found[0], found[1]
+    state = ResolutionState(id=1, generation=0, model_id=None)
+    session.add(state)
+    session.flush()
+    return state, _latest_model_id(session)
 
 
 def _take_queue(session: Session) -> set[int]:
@@ -205,9 +227,8 @@ def _constraints(session: Session, ids: set[int] | None) -> tuple[set[tuple[int,
     if ids is None:
         rows = list(session.execute(query))
     else:
-        rows, wanted = [], sorted(ids)
-        for i in range(0, len(wanted), ID_CHUNK):
-            chunk = wanted[i : i + ID_CHUNK]
+        rows = []
+        for chunk in _chunks(session, ids):
             where = or_(
                 _among(session, MatchConstraint.staged_member_a, chunk),
                 _among(session, MatchConstraint.staged_member_b, chunk),
@@ -258,11 +279,14 @@ def _build_index(session: Session, settings: Settings, model_id: int | None, cou
     return index
 
 
-def _update_index(session: Session, index: _Index, queued: set[int], counts: ResolveCounts) -> set[int]:
+def _update_index(
+    session: Session, index: _Index, queued: set[int], counts: ResolveCounts
+) -> tuple[set[int], dict[int, dict[str, Any]]]:
     """Feed the queued staged members to a current index; return the staged members whose cluster
-    was decided again (with everything they may have pulled along)."""
+    was decided again (with everything they may have pulled along), and the records read."""
     resolver = index.resolver
     records = _match_records(session, queued)
+    constrained = [r.pop(CONSTRAINED) for r in records.values()]
     position, alive = resolver.frame.position, resolver.frame.alive.a
     gone = [i for i in queued if i not in records and i in position and alive[position[i]]]
     updates: list[Update] = []
@@ -270,23 +294,25 @@ def _update_index(session: Session, index: _Index, queued: set[int], counts: Res
         updates.append(resolver.remove(gone))
     if records:
         updates.append(resolver.add(list(records), list(records.values())))
-    _apply_constraints(index, *_constraints(session, queued), queued, updates)
+    # the constraints naming them: only read when there are some (a decision on them, or one withdrawn)
+    if any(constrained) or any(a in queued or b in queued for a, b in index.must | index.cannot):
+        _apply_constraints(index, *_constraints(session, queued), queued, updates)
     touched: set[int] = set()
     for update in updates:
         counts.rematched += update.dirty
         touched.update(update.touched)
-    return touched
+    return touched, records
 
 
 def _prepare(
     session: Session, settings: Settings, counts: ResolveCounts
-) -> tuple[_Index, set[int] | None, set[int] | None] | None:
+) -> tuple[_Index, set[int] | None, set[int] | None, ResolutionState, dict[int, dict[str, Any]]] | None:
     """Bring the in-memory index up to date. Returns (index, the staged members whose golden member
-    may change — None: all, the staged members whose values or decisions changed — None: all), or
-    None when nothing changed since the last run."""
-    state = _state(session)
+    may change — None: all, the staged members whose values or decisions changed — None: all, the
+    locked resolution state, the staged members read with their survivorship values), or None when
+    nothing changed since the last run."""
+    state, model_id = _state(session)
     queued = _take_queue(session)
-    model_id = _latest_model_id(session)
     queued_by_triggers = session.get_bind().dialect.name in QUEUED_DIALECTS
     if queued_by_triggers and model_id == state.model_id and not queued:
         return None  # nothing new since the last run: nothing to read, nothing to write
@@ -307,14 +333,14 @@ def _prepare(
         and index.resolver.settings is settings
     )
     if warm:
-        return index, _update_index(session, index, queued, counts) | queued, queued
+        touched, read = _update_index(session, index, queued, counts)
+        return index, touched | queued, queued, state, read
     index = _build_index(session, settings, model_id, counts)
-    return index, None, (queued if queued_by_triggers and same_model else None)
+    return index, None, (queued if queued_by_triggers and same_model else None), state, {}
 
 
-def _finish(session: Session, index: _Index) -> None:
+def _finish(session: Session, index: _Index, state: ResolutionState) -> None:
     """Record the run: the next one in this process starts from the index as it is now."""
-    state = _state(session)
     state.generation += 1
     state.model_id = index.model_id
     state.updated_at = utcnow()
@@ -351,7 +377,7 @@ def resolve(session: Session, *, actor: str = "system", settings: Settings | Non
         counts.golden = index.active_golden if index is not None else _active_golden(session)
         counts.review_queued = _open_reviews(session)
         return counts
-    index, scope, changed = prepared
+    index, scope, changed, state, read = prepared
     resolver = index.resolver
     links, golden, clusters = _load_scope(session, resolver, scope)
     if changed is None:  # a new model: every link's evidence and every golden member again
@@ -371,28 +397,24 @@ def resolve(session: Session, *, actor: str = "system", settings: Settings | Non
     for member_id, head in home.items():
         claim[head].append(member_id)
 
-    next_seq = (session.scalar(select(func.max(GoldenMember.seq))) or 0) + 1
+    now = utcnow()
+    next_seq = 0  # read when the first new golden member needs one
     touched_golden: set[str] = set()
-    scored: list[tuple[MemberLink, Any]] = []  # links whose evidence is scored in one pass below
-    # Redirects, audit and points of merges and splits, written after the links have their evidence:
-    # the ledger's queries flush the session, and a link flushed before its evidence is written twice.
-    moves: list[tuple[Any, GoldenMember, GoldenMember, list[int] | None]] = []
-    evidenced: list[int] = []  # staged members whose link evidence was written again
+    scored: list[tuple[LinkRow, Any]] = []  # links whose evidence is scored in one pass below
+    moves: list[tuple[Any, GoldenRow, GoldenRow, list[int] | None]] = []  # merges and splits
     for head, staged_ids in sorted(clusters.items(), key=lambda kv: min(kv[1])):
         owners = sorted(claim.get(head, []), key=lambda mid: golden[mid].seq)
         current = {links[s].member_id for s in staged_ids if s in links}
         if owners and current == {owners[0]} and sorted(by_golden[owners[0]]) == sorted(staged_ids):
             if changed.intersection(staged_ids):  # same members, new values: new evidence
-                _evidence(resolver, staged_ids, links, scored)
-                evidenced.extend(staged_ids)
+                _evidence(resolver, staged_ids, links, scored, changed)
                 touched_golden.add(owners[0])
             continue  # unchanged cluster
         if owners:
             survivor = golden[owners[0]]
         else:
-            survivor = GoldenMember(seq=next_seq, member_id=f"MH{next_seq:08d}", status="active")
-            session.add(survivor)
-            golden[survivor.member_id] = survivor
+            next_seq = next_seq or (session.scalar(select(func.max(GoldenMember.seq))) or 0) + 1
+            survivor = golden[f"MH{next_seq:08d}"] = GoldenRow(next_seq, f"MH{next_seq:08d}", new=True)
             next_seq += 1
             left = sorted({links[s].member_id for s in staged_ids if s in links})
             if left:
@@ -410,59 +432,48 @@ def resolve(session: Session, *, actor: str = "system", settings: Settings | Non
         for staged_id in staged_ids:
             link = links.get(staged_id)
             if link is None:
-                link = MemberLink(staged_member_id=staged_id, member_id=survivor.member_id, rule="new", evidence={})
-                session.add(link)
-                links[staged_id] = link
+                links[staged_id] = LinkRow(staged_id, survivor.member_id, now, new=True)
                 counts.linked += 1
                 counts.auto_merged += joined
             elif link.member_id != survivor.member_id:
                 touched_golden.add(link.member_id)
-                link.member_id = survivor.member_id
-                link.linked_at = utcnow()
+                link.move(survivor.member_id, now)
                 counts.relinked += 1
         touched_golden.add(survivor.member_id)
-        _evidence(resolver, staged_ids, links, scored)
-        evidenced.extend(staged_ids)
+        _evidence(resolver, staged_ids, links, scored, changed)
     _fill_evidence(resolver, scored)
-    for staged_id in evidenced:
-        _whole_row(links[staged_id], ("member_id", "linked_at", "rule", "evidence"))
+
+    members_of: dict[str, list[int]] = defaultdict(list)
+    for staged_id, link in links.items():
+        members_of[link.member_id].append(staged_id)
+    # survivorship only where something changed: membership, a record's values, or a pin
+    touched_golden |= {links[s].member_id for s in changed if s in links}
+    wanted = sorted(touched_golden & set(members_of))
+    pins = _golden_values(session, golden, [m for m in wanted if not golden[m].new])
+    members = _survivor_records(session, {s for m in wanted for s in members_of[m]}, read)
+    for member_id in wanted:
+        cluster = [members[s] for s in members_of[member_id] if s in members]
+        _survive(golden[member_id], cluster, settings, pins.get(member_id))
+    for member_id in touched_golden - set(members_of):
+        g = golden[member_id]
+        if g.status == "active" and g.merged_into is None:
+            g.set("status", "empty")  # every record left; the id stays readable in member_id_changes
+            counts.emptied += 1
+
+    session.flush()  # what the caller changed, before the rows below are written around the ORM
+    write_golden(session, list(golden.values()), now)
+    write_links(session, list(links.values()))
     for move, source, target, leaving in moves:
         move(session, source, target, leaving, actor)
-
-    # Nothing is written until the golden members have their values: a new one is one INSERT,
-    # not an INSERT and then an UPDATE.
-    with session.no_autoflush:
-        members_of: dict[str, list[int]] = defaultdict(list)
-        for staged_id, link in links.items():
-            members_of[link.member_id].append(staged_id)
-        # survivorship only where something changed: membership, a record's values, or a pin
-        touched_golden |= {links[s].member_id for s in changed if s in links}
-        pins: dict[str, dict[str, Any]] = defaultdict(dict)
-        wanted = sorted(touched_golden & set(members_of))
-        for pin in _in_chunks(session, select(GoldenFieldPin), GoldenFieldPin.member_id, wanted):
-            pins[pin.member_id][pin.field] = {"value": pin.value, "by": pin.pinned_by, "at": pin.pinned_at.isoformat()}
-        needed = sorted({s for member_id in wanted for s in members_of.get(member_id, ())})
-        members: dict[int, StagedMember] = {}
-        for start in range(0, len(needed), ID_CHUNK):  # PostgreSQL takes at most 65,535 parameters a statement
-            chunk = needed[start : start + ID_CHUNK]
-            query = select(StagedMember).where(_among(session, StagedMember.id, chunk))
-            members.update((m.id, m) for m in session.scalars(query))
-        for member_id in wanted:
-            staged_ids = members_of[member_id]
-            _survive(golden[member_id], [members[s] for s in staged_ids if s in members], settings, pins.get(member_id))
-        for member_id in touched_golden - set(members_of):
-            g = golden[member_id]
-            if g.status == "active" and g.merged_into is None:
-                g.status = "empty"  # every record left; the id stays readable in member_id_changes
-                counts.emptied += 1
-        _review_queue(session, resolver, scope)
+    _review_queue(session, resolver, scope, now)
+    _refresh(session, golden, links, now)
     if scope is None or index.active_golden is None:
         session.flush()
         index.active_golden = _active_golden(session)
     else:
         index.active_golden += counts.created + counts.split - counts.merged_golden - counts.emptied
     counts.golden = index.active_golden
-    _finish(session, index)
+    _finish(session, index, state)
     counts.review_queued = _open_reviews(session)
     return counts
 
@@ -483,40 +494,61 @@ def _among(session: Session, column: Any, ids: list[Any]) -> Any:
     return column.in_(ids)
 
 
-def _in_chunks(session: Session, query: Any, column: Any, ids: Iterable[Any]) -> list[Any]:
+def _chunks(session: Session, ids: Iterable[Any]) -> list[list[Any]]:
+    """``ids`` sorted, in as many lists as one statement each takes: one on PostgreSQL (an array)."""
     ids = sorted(ids)
+    size = max(len(ids), 1) if session.get_bind().dialect.name == "postgresql" else ID_CHUNK
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
+def _rows_in_chunks(session: Session, query: Any, column: Any, ids: Iterable[Any]) -> list[Any]:
+    """The rows of a Core ``query`` whose ``column`` is one of ``ids``."""
     out: list[Any] = []
-    for i in range(0, len(ids), ID_CHUNK):
-        out.extend(session.scalars(query.where(_among(session, column, ids[i : i + ID_CHUNK]))))
+    for chunk in _chunks(session, ids):
+        out.extend(session.execute(query.where(_among(session, column, chunk))))
     return out
 
 
 def _load_scope(
     session: Session, resolver: Resolver, scope: set[int] | None
-) -> tuple[dict[int, MemberLink], dict[str, GoldenMember], dict[Any, list[int]]]:
+) -> tuple[dict[int, LinkRow], dict[str, GoldenRow], dict[Any, list[int]]]:
     """The links, golden members and clusters a run may change: everything (``scope`` None), or
     the clusters of the staged members in ``scope`` with every golden member they are linked to and
     every record of those. A cluster the run did not decide again is, record for record, the golden
-    member it was linked to last time, so this closes over whole clusters and whole golden members."""
-    # The evidence is only ever replaced here, never read: not loaded (it is most of a link's bytes).
-    unread = defer(MemberLink.evidence)
+    member it was linked to last time, so this closes over whole clusters and whole golden members.
+
+    Plain rows from Core selects, nothing decrypted. Within a scope, one statement reads the links
+    with the record their evidence names, and their golden members; a full run leaves the evidence
+    unread (it explains every cluster it decides again)."""
     position, alive, label, keys = (
         resolver.frame.position,
         resolver.frame.alive.a,
         resolver.label,
         resolver.frame.keys,
     )
+    lt, gt = MemberLink.__table__, GoldenMember.__table__
+    linked_to = lt.c.evidence["linked_to"].as_integer()
+    golden_columns = [gt.c[name] for name in GOLDEN_KEYS]
+    links: dict[int, LinkRow] = {}
+    golden: dict[str, GoldenRow] = {}
     if scope is None:
-        links = {link.staged_member_id: link for link in session.scalars(select(MemberLink).options(unread))}
-        golden = {g.member_id: g for g in session.scalars(select(GoldenMember))}
+        query = select(lt.c.staged_member_id, lt.c.member_id, lt.c.linked_at, lt.c.rule)
+        for s, member_id, linked_at, rule in session.execute(query):
+            links[s] = LinkRow(s, member_id, linked_at, rule)
+        for row in session.execute(select(*golden_columns)):
+            golden[row.member_id] = GoldenRow(*row)
         staged = [keys[p] for p in np.nonzero(alive)[0].tolist()]
     else:
-        query = select(MemberLink).options(unread)
-        links = {link.staged_member_id: link for link in _in_chunks(session, query, MemberLink.staged_member_id, scope)}
-        member_ids = {link.member_id for link in links.values()}
-        for link in _in_chunks(session, query, MemberLink.member_id, member_ids):
-            links.setdefault(link.staged_member_id, link)
-        golden = {g.member_id: g for g in _in_chunks(session, select(GoldenMember), GoldenMember.member_id, member_ids)}
+        for chunk in _chunks(session, scope):
+            around = select(lt.c.member_id).where(_among(session, lt.c.staged_member_id, chunk))
+            query = (
+                select(lt.c.staged_member_id, lt.c.linked_at, lt.c.rule, linked_to, *golden_columns)
+                .join_from(lt, gt, gt.c.member_id == lt.c.member_id)
+                .where(lt.c.member_id.in_(around))
+            )
+            for s, linked_at, rule, to, *values in session.execute(query):
+                g = golden.get(values[1]) or golden.setdefault(values[1], GoldenRow(*values))
+                links.setdefault(s, LinkRow(s, g.member_id, linked_at, rule, to))
         staged = [s for s in scope | set(links) if s in position and alive[position[s]]]
     clusters: dict[Any, list[int]] = defaultdict(list)
     for s in staged:
@@ -524,11 +556,66 @@ def _load_scope(
     return links, golden, clusters
 
 
+def _refresh(session: Session, golden: dict[str, GoldenRow], links: dict[int, LinkRow], now: Any) -> None:
+    """Rows were written around the ORM: objects of them the session holds get the values written
+    (as if loaded again), and review items it holds are read again when next used."""
+    for obj in list(session.identity_map.values()):
+        if isinstance(obj, GoldenMember):
+            row = golden.get(obj.member_id)
+            if row is not None and row.changed:
+                for column in (*row.changed, "updated_at"):
+                    set_committed_value(obj, column, now if column == "updated_at" else getattr(row, column))
+        elif isinstance(obj, MemberLink):
+            link = links.get(obj.staged_member_id)
+            if link is not None and link.changed:
+                for column in link.changed:
+                    set_committed_value(obj, column, getattr(link, column))
+        elif isinstance(obj, ReviewQueueItem):
+            session.expire(obj)
+
+
+def _golden_values(session: Session, golden: dict[str, GoldenRow], member_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Read the stored values of these golden members (to compare the chosen ones with) and return
+    their stewards' pins (field -> value, by, at), in one statement."""
+    pins: dict[str, dict[str, Any]] = defaultdict(dict)
+    if not member_ids:
+        return pins
+    gt, pt = GoldenMember.__table__, GoldenFieldPin.__table__
+    query = select(
+        gt.c.member_id, *(gt.c[name] for name in GOLDEN_VALUES), pt.c.field, pt.c.value, pt.c.pinned_by, pt.c.pinned_at
+    ).join_from(gt, pt, pt.c.member_id == gt.c.member_id, isouter=True)
+    for member_id, *values, name, value, by, at in _rows_in_chunks(session, query, gt.c.member_id, member_ids):
+        row = golden[member_id]
+        for column, stored in zip(GOLDEN_VALUES, values, strict=True):
+            setattr(row, column, stored)
+        if name is not None:
+            pins[member_id][name] = {"value": value, "by": by, "at": at.isoformat()}
+    return pins
+
+
+def _survivor_records(session: Session, ids: set[int], read: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """The staged members' values survivorship chooses from, by id: those this run read already, and
+    the others in one statement."""
+    found = {s: read[s] for s in ids if s in read}
+    if len(found) < len(ids):
+        t = StagedMember.__table__
+        query = select(*(t.c[name] for name in SURVIVOR_COLUMNS))
+        for row in _rows_in_chunks(session, query, t.c.id, ids - found.keys()):
+            found[row[0]] = dict(zip(SURVIVOR_COLUMNS, row, strict=True))
+    return found
+
+
 def _evidence(
-    resolver: Resolver, staged_ids: list[int], links: dict[int, MemberLink], scored: list[tuple[MemberLink, Any]]
+    resolver: Resolver,
+    staged_ids: list[int],
+    links: dict[int, LinkRow],
+    scored: list[tuple[LinkRow, Any]],
+    changed: set[int],
 ) -> None:
     """Each link's evidence: the strongest scored link to another record of its cluster. Links that
-    need the scored evidence are added to ``scored`` (with their rule), filled by ``_fill_evidence``."""
+    need the scored evidence are added to ``scored`` (with their rule), filled by ``_fill_evidence``.
+    A link whose stored evidence names the same pair, under the same rule, of records whose values
+    did not change keeps it (the model is the same, or every link is explained again)."""
     mates = set(staged_ids)
     for staged_id in staged_ids:
         link = links[staged_id]
@@ -536,78 +623,78 @@ def _evidence(
         if best is None:
             must = [resolver.frame.keys[q] for q in resolver.must.get(resolver.frame.position[staged_id], ())]
             if any(m in mates for m in must):
-                link.rule, link.evidence = "steward", {"must_link": sorted(m for m in must if m in mates)}
+                link.explain("steward", {"must_link": sorted(m for m in must if m in mates)})
             elif len(staged_ids) > 1:
-                link.rule, link.evidence = "cluster", {"cluster": sorted(staged_ids)}
-            else:
-                link.rule, link.evidence = "new", {}
+                link.explain("cluster", {"cluster": sorted(staged_ids)})
+            elif link.new or link.rule != "new":
+                link.explain("new", {})
             continue
-        scored.append((link, best))
+        same = link.linked_to == best.b and link.rule == _rule(best) and not changed.intersection((staged_id, best.b))
+        if not same:
+            scored.append((link, best))
 
 
-def _fill_evidence(resolver: Resolver, scored: list[tuple[MemberLink, Any]]) -> None:
+def _rule(best: Any) -> str:
+    return best.rule if best.rule != "score" else "probabilistic"
+
+
+def _fill_evidence(resolver: Resolver, scored: list[tuple[LinkRow, Any]]) -> None:
     found = resolver.explain_many([(best.a, best.b) for _link, best in scored])
     for (link, best), evidence in zip(scored, found, strict=True):
         evidence["linked_to"] = best.b
-        link.rule, link.evidence = best.rule if best.rule != "score" else "probabilistic", evidence
+        link.explain(_rule(best), evidence)
 
 
-def _review_queue(session: Session, resolver: Resolver, scope: set[int] | None) -> None:
+def _review_queue(session: Session, resolver: Resolver, scope: set[int] | None, now: Any) -> None:
     """Open a review item for each uncertain pair; close items whose pair no longer needs review.
-    With a ``scope`` only the pairs that involve one of those staged members are looked at."""
-    wanted = {(min(a, b), max(a, b)): w for a, b, w in resolver.review_pairs(scope)}
-    query = select(ReviewQueueItem)
+    With a ``scope`` only the pairs that involve one of those staged members are looked at. An open
+    or deferred item whose pair still has the same weight is left as it is."""
+    wanted = {(min(a, b), max(a, b)): round(w, 4) for a, b, w in resolver.review_pairs(scope)}
+    t = ReviewQueueItem.__table__
+    query = select(t.c.staged_member_a, t.c.staged_member_b, t.c.id, t.c.status, t.c.weight)
     if scope is None:
-        found = list(session.scalars(query))
+        found = list(session.execute(query))
     else:
-        found = {}
-        ids = sorted(scope)
-        for i in range(0, len(ids), ID_CHUNK):
-            chunk = ids[i : i + ID_CHUNK]
-            a, b = ReviewQueueItem.staged_member_a, ReviewQueueItem.staged_member_b
-            where = or_(_among(session, a, chunk), _among(session, b, chunk))
-            found.update((item.id, item) for item in session.scalars(query.where(where)))
-        found = list(found.values())
-    existing = {(i.staged_member_a, i.staged_member_b): i for i in found}
-    for pair, item in existing.items():
-        if item.status in ("open", "deferred") and pair not in wanted:
-            item.status, item.updated_at = "obsolete", utcnow()
-    to_write = [
-        (pair, weight)
-        for pair, weight in wanted.items()
-        if existing.get(pair) is None or existing[pair].status not in ("merged", "rejected")
+        found = []
+        for chunk in _chunks(session, scope):
+            where = or_(_among(session, t.c.staged_member_a, chunk), _among(session, t.c.staged_member_b, chunk))
+            found.extend(session.execute(query.where(where)))
+    existing = {(a, b): (item_id, status, weight) for a, b, item_id, status, weight in found}
+    closed = [
+        {"id": item_id, "status": "obsolete", "updated_at": now}
+        for pair, (item_id, status, _weight) in existing.items()
+        if status in ("open", "deferred") and pair not in wanted
     ]
-    found = resolver.explain_many([pair for pair, _weight in to_write])
-    for (pair, weight), evidence in zip(to_write, found, strict=True):
+    to_write = []
+    for pair, weight in wanted.items():
         item = existing.get(pair)
+        if item is None or item[1] == "obsolete" or (item[1] in ("open", "deferred") and item[2] != weight):
+            to_write.append((pair, weight))
+    fresh, changed = [], []
+    for (pair, weight), evidence in zip(to_write, resolver.explain_many([p for p, _w in to_write]), strict=True):
+        item = existing.get(pair)
+        values = {"weight": weight, "probability": evidence["probability"], "evidence": evidence}
         if item is None:
-            session.add(
-                ReviewQueueItem(
-                    staged_member_a=pair[0],
-                    staged_member_b=pair[1],
-                    weight=round(weight, 4),
-                    probability=evidence["probability"],
-                    evidence=evidence,
-                    status="open",
-                )
-            )
+            fresh.append({"staged_member_a": pair[0], "staged_member_b": pair[1], **values, "status": "open",
+                          "created_at": now, "updated_at": now})  # fmt: skip
         else:
-            if item.status == "obsolete":
-                item.status = "open"
-            item.weight, item.probability, item.evidence = round(weight, 4), evidence["probability"], evidence
-            item.updated_at = utcnow()
-    session.flush()
+            status = "open" if item[1] == "obsolete" else item[1]
+            changed.append({"id": item[0], **values, "status": status, "updated_at": now})
+    update_many(session, t, "id", closed)
+    update_many(session, t, "id", changed)
+    insert_many(session, t, fresh)
 
 
-def _fold(absorbed: GoldenMember, survivor: GoldenMember, links: list[MemberLink]) -> None:
+def _fold(absorbed: GoldenRow, survivor: GoldenRow, links: list[LinkRow]) -> None:
     """``absorbed`` joins the older ``survivor``: its records (``links``) are relinked, it redirects there."""
     for link in links:
         if link.member_id == absorbed.member_id:
-            link.member_id = survivor.member_id
-    absorbed.status, absorbed.merged_into, absorbed.updated_at = "merged", survivor.member_id, utcnow()
+            link.move(survivor.member_id)
+    absorbed.set("status", "merged")
+    absorbed.set("merged_into", survivor.member_id)
 
 
-def _merge(session: Session, absorbed: GoldenMember, survivor: GoldenMember, _leaving: None, actor: str) -> None:
+def _merge(session: Session, absorbed: GoldenRow, survivor: GoldenRow, _leaving: None, actor: str) -> None:
     """After ``_fold``: the redirect downstream systems read, the points, the audit."""
     session.add(MemberIdChange(old_member_id=absorbed.member_id, new_member_id=survivor.member_id, kind="merge"))
     moved = ledger.transfer_balance(session, absorbed.member_id, survivor.member_id, actor=actor)
@@ -623,7 +710,7 @@ def _merge(session: Session, absorbed: GoldenMember, survivor: GoldenMember, _le
     )
 
 
-def _split(session: Session, source: GoldenMember, new: GoldenMember, leaving: list[int], actor: str) -> None:
+def _split(session: Session, source: GoldenRow, new: GoldenRow, leaving: list[int], actor: str) -> None:
     """Records ``leaving`` left ``source`` for the new golden member ``new``."""
     session.add(MemberIdChange(old_member_id=source.member_id, new_member_id=new.member_id, kind="split"))
     split_balance = getattr(ledger, "split_balance", None)
@@ -642,42 +729,12 @@ def _split(session: Session, source: GoldenMember, new: GoldenMember, leaving: l
     )
 
 
-def _survive(golden: GoldenMember, cluster: list[StagedMember], settings: Settings, pins: dict | None) -> None:
-    records = [
-        {
-            "id": m.id,
-            "source": m.source,
-            "source_id": m.source_id,
-            "updated_at": m.updated_at,
-            "created_at": m.created_at,
-            **{f: getattr(m, f) for f in SURVIVING_FIELDS},
-        }
-        for m in cluster
-    ]
-    values, lineage = survive(SURVIVING_FIELDS, records, settings.survivorship, pins)
-    changed = False
-    for field, value in values.items():
-        if field == "birthday" and isinstance(value, str):
-            value = date.fromisoformat(value)
-        if getattr(golden, field) != value:
-            setattr(golden, field, value)
-            changed = True
-    if golden.lineage != lineage:
-        golden.lineage = lineage
-        changed = True
-    if changed:
-        golden.updated_at = utcnow()
-        _whole_row(golden, (*values, "phone_bidx", "email_bidx", "lineage", "updated_at"))
-
-
-def _whole_row(row: Any, columns: Iterable[str]) -> None:
-    """Write these columns of a changed row whether or not each changed: the flush sends rows with
-    the same columns as one batch, and rows that each changed a different few went one by one."""
-    state = inspect(row)
-    if state.persistent:
-        for column in columns:
-            if column in state.dict:
-                flag_modified(row, column)
+def _survive(golden: GoldenRow, cluster: list[dict[str, Any]], settings: Settings, pins: dict | None) -> None:
+    """The golden member's values and lineage from its records; only what differs is written."""
+    values, lineage = survive(SURVIVING_FIELDS, cluster, settings.survivorship, pins)
+    for name, value in values.items():
+        golden.set(name, date.fromisoformat(value) if name == "birthday" and isinstance(value, str) else value)
+    golden.set("lineage", lineage)
 
 
 def active_member_id(session: Session, member_id: str) -> str:

@@ -217,3 +217,25 @@ def test_incremental_runs_end_where_a_full_run_does(database_url, tmp_path):
                 groups.setdefault(member_id, set()).add((source, source_id))
             partitions.append({frozenset(g) for g in groups.values()})
     assert partitions[0] == partitions[1]
+
+
+def test_objects_the_session_holds_show_what_a_run_wrote(sessions):
+    """The run writes links and golden members with bulk statements, not through the session: the
+    objects a caller already holds must still show the values written, even after the session closed."""
+    (a,) = stage(sessions, [wang("1", phone="+8613812345678", city="上海")])
+    run(sessions)
+    member_id = golden_of(sessions, a)
+    with sessions() as session, session.begin():
+        golden = session.scalar(select(GoldenMember).where(GoldenMember.member_id == member_id))
+        assert golden.city == "上海" and golden.email is None
+        steward.pin_field(session, member_id, "city", "北京", actor="steward:li")
+        assert golden.city == "北京" and golden.lineage["city"]["rule"] == "steward_pin"
+    (b,) = stage(sessions, [wang("2", phone="+8613812345678", email="wf@qq.com")])
+    with sessions() as session, session.begin():
+        golden = session.scalar(select(GoldenMember).where(GoldenMember.member_id == member_id))
+        link = session.get(MemberLink, a)
+        before = link.evidence
+        resolve.resolve(session)
+    assert golden_of(sessions, b) == member_id
+    assert golden.email == "wf@qq.com" and golden.email_bidx is not None and golden.city == "北京"
+    assert link.evidence != before and link.evidence["linked_to"] == b

@@ -10,6 +10,7 @@
     engine.py       the incremental resolver (full run = one batch)
     survivorship.py golden values by rule, with lineage
     steward.py      merge, reject, split, pin: decisions that survive every run
+    rows.py         links and golden members as plain rows, written in bulk (for hub.resolve)
     batch.py        ``memberhub match``: one file de-duplicated or two files linked, no database
 
 hub.resolve turns clusters into golden members with stable ids.

@@ -184,31 +184,43 @@ class Model:
         """``explain`` for pairs (a[i], b[i]), scored in one vectorised pass (the same values)."""
         levels, weights = self.score(frame, settings, a, b, tf)
         tf = self.tf_adjustments(frame, settings) if tf is None else tf
-        level_weights = self.level_weights()
+        # each comparison's entry for each level, built once: a pair's evidence copies the ones it hit
+        entries = []
+        for c, w in zip(settings.comparisons, self.level_weights(), strict=True):
+            labels = c.level_labels
+            entries.append(
+                [
+                    None
+                    if level == MISSING
+                    else {
+                        "field": c.field,
+                        "label": c.label,
+                        "level": labels[level],
+                        "weight": round(float(w[level]), 3),
+                    }
+                    for level in range(len(w))
+                ]
+            )
+        adjusted = [
+            (j, c.field, tf[c.field])
+            for j, c in enumerate(settings.comparisons)
+            if c.field in tf and c.levels[0].kind == "exact"
+        ]
+        probabilities = self.probability(weights).tolist()
         out = []
-        for i in range(len(a)):
-            comparisons = []
-            for j, (comparison, w) in enumerate(zip(settings.comparisons, level_weights, strict=True)):
-                level = int(levels[i, j])
-                if level == MISSING:
-                    continue
-                entry: dict[str, Any] = {
-                    "field": comparison.field,
-                    "label": comparison.label,
-                    "level": comparison.level_labels[level],
-                    "weight": round(float(w[level]), 3),
-                }
-                adj = tf.get(comparison.field)
-                if level == 1 and adj is not None and comparison.levels[0].kind == "exact":
-                    code = frame.codes[comparison.field].a[a[i]]
-                    entry["tf_adjustment"] = round(float(adj[code]), 3)
-                    entry["holders"] = int(frame.text[comparison.field].counts.a[code])
-                comparisons.append(entry)
-            weight = float(weights[i])
+        for i, row in enumerate(levels.tolist()):
+            comparisons = [dict(entries[j][level]) for j, level in enumerate(row) if level != MISSING]
+            if adjusted:
+                at = {j: k for k, j in enumerate(j for j, level in enumerate(row) if level != MISSING)}
+                for j, name, adj in adjusted:
+                    if row[j] == 1:
+                        code = frame.codes[name].a[a[i]]
+                        comparisons[at[j]]["tf_adjustment"] = round(float(adj[code]), 3)
+                        comparisons[at[j]]["holders"] = int(frame.text[name].counts.a[code])
             out.append(
                 {
-                    "weight": round(weight, 3),
-                    "probability": round(float(self.probability(weight)), 6),
+                    "weight": round(float(weights[i]), 3),
+                    "probability": round(probabilities[i], 6),
                     "comparisons": comparisons,
                 }
             )

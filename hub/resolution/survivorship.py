@@ -117,11 +117,22 @@ def survive(
             values[name] = pin["value"]
             lineage[name] = {"rule": "steward_pin", "pinned_by": pin.get("by"), "pinned_at": pin.get("at")}
             continue
-        cands = [
-            Candidate(r["id"], r["source"], r["source_id"], r.get(name), r.get("updated_at"), r.get("created_at"))
-            for r in records
-        ]
-        winner, decided_by = choose(cands, config.rule_for(name))
+        rule = config.rule_for(name)
+        if len(records) == 1:  # what choose() gives one candidate, without building it
+            record = records[0]
+            value = record.get(name)
+            winner = (
+                None
+                if value in (None, "")
+                else Candidate(record["id"], record["source"], record["source_id"], value, None, None)
+            )
+            decided_by = rule.rule
+        else:
+            cands = [
+                Candidate(r["id"], r["source"], r["source_id"], r.get(name), r.get("updated_at"), r.get("created_at"))
+                for r in records
+            ]
+            winner, decided_by = choose(cands, rule)
         values[name] = winner.value if winner else None
         if winner is not None:
             lineage[name] = {
