@@ -17,6 +17,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
+# matplotlib keeps its own list of fonts: one made before the CJK font came would draw 中文 as boxes
+mpl_cache="${MPLCONFIGDIR:-${XDG_CACHE_HOME:-$HOME/.cache}/matplotlib}"
+if [ -d /usr/share/fonts/truetype/wqy ] && ls "$mpl_cache"/fontlist-*.json >/dev/null 2>&1 \
+   && ! grep -qs "WenQuanYi" "$mpl_cache"/fontlist-*.json; then
+  rm -f "$mpl_cache"/fontlist-*.json
+fi
 
 pg_up() { pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; }
 if ! pg_up; then
