@@ -22,10 +22,14 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 
 def dagster_instance() -> DagsterInstance:
-    """The persistent instance under DAGSTER_HOME (default .memberhub/dagster), so `dagster dev`
+    """The persistent instance under DAGSTER_HOME (default .memberhub/dagster, with telemetry off), so `dagster dev`
     shows the runs that the CLI made."""
-    home = Path(os.environ.get("DAGSTER_HOME") or hub_home() / "dagster").resolve()
+    given = os.environ.get("DAGSTER_HOME")
+    home = Path(given or hub_home() / "dagster").resolve()
     home.mkdir(parents=True, exist_ok=True)
+    settings = home / "dagster.yaml"
+    if not given and not settings.exists():  # the hub's own instance: no telemetry, no welcome banner
+        settings.write_text("telemetry:\n  enabled: false\n")
     os.environ["DAGSTER_HOME"] = str(home)
     return DagsterInstance.get()
 
