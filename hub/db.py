@@ -40,6 +40,13 @@ def dispose_engines() -> None:
         _ENGINES.popitem()[1].dispose()
 
 
+def forget_inherited_engines() -> None:
+    """In a forked child: drop the parent's pools without closing their connections, which the
+    parent is still using (SQLAlchemy's advice for os.fork)."""
+    while _ENGINES:
+        _ENGINES.popitem()[1].dispose(close=False)
+
+
 def _create_engine(url: str) -> Engine:
     """SQLite gets its directory, WAL and enforced foreign keys; servers get pre-ping."""
     parsed = make_url(url)

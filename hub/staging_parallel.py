@@ -34,6 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hub import staging
+from hub.db import forget_inherited_engines
 from hub.drift import Discovery
 from hub.tables import QuarantineRow, SourceRecordRow, StagedMember, StagedOrder
 from mappings import Mapping, load_mapping
@@ -179,6 +180,7 @@ def _work(
     tables: staging.Claims,
 ) -> None:
     try:
+        forget_inherited_engines()
         mappings = _compile(paths)
         engine = sa.create_engine(url, pool_size=1)  # its own connection, never one of the caller's pool
         with Session(engine) as session:
