@@ -693,8 +693,8 @@ class MemberStoreRfm(Base):
 
     __tablename__ = "member_store_rfm"
 
-    store_code: Mapped[str] = mapped_column(String(32), primary_key=True)
     member_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    store_code: Mapped[str] = mapped_column(String(32), primary_key=True)
     orders: Mapped[int] = mapped_column(Integer)
     pos_orders: Mapped[int] = mapped_column(Integer, doc="of them, till orders")
     spend: Mapped[float] = mapped_column(Numeric(18, 2, asdecimal=False))

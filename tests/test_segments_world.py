@@ -4,6 +4,7 @@ from it in plain Python: the reference the segment, RFM, churn and report tests 
 from __future__ import annotations
 
 import random
+from bisect import bisect_left
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -158,16 +159,11 @@ def build(session, *, members: int = 60, seed: int = 5) -> World:
     return world
 
 
-def ntile(ranked: list[str], buckets: int = 5) -> dict[str, int]:
-    """SQL's NTILE over an already ordered list: the first ``len % buckets`` tiles get one more."""
-    size, extra = divmod(len(ranked), buckets)
-    scores, index = {}, 0
-    for tile in range(1, buckets + 1):
-        count = size + (1 if tile <= extra else 0)
-        for member in ranked[index : index + count]:
-            scores[member] = tile
-        index += count
-    return scores
+def quintiles(values: dict[str, object]) -> dict[str, int]:
+    """The view's RFM score, computed directly: 1 + floor(5 × (members with a lower value) / members),
+    so equal values share a score."""
+    ordered = sorted(values.values())
+    return {member: 1 + 5 * bisect_left(ordered, value) // len(ordered) for member, value in values.items()}
 
 
 def _money(value: Decimal) -> float:
@@ -239,7 +235,7 @@ def expected_view(world: World, as_of: datetime = AS_OF) -> dict[str, dict]:
         for m in buyers:
             net = sum((o["net"] for o in counted[m]), Decimal(0))
             view[m]["spend_exact"], view[m]["aov_exact"] = net, net / len(counted[m])
-        scores = ntile(sorted(buyers, key=lambda m: (key(m), m)))
+        scores = quintiles({m: key(m) for m in buyers})
         for m in world.members:
             view[m][column] = scores.get(m)
     for row in view.values():
@@ -268,9 +264,9 @@ def store_rfm(world: World) -> dict[tuple[str, str], tuple[int, int, int, int]]:
             )
             for m in members
         }
-        r = ntile(sorted(members, key=lambda m: (facts[m][2], m)))
-        f = ntile(sorted(members, key=lambda m: (facts[m][0], m)))
-        mm = ntile(sorted(members, key=lambda m: (facts[m][1], m)))
+        r = quintiles({m: facts[m][2] for m in members})
+        f = quintiles({m: facts[m][0] for m in members})
+        mm = quintiles({m: facts[m][1] for m in members})
         for m in members:
             result[(store, m)] = (facts[m][0], r[m], f[m], mm[m])
     return result

@@ -1,9 +1,8 @@
 """The member view (会员画像): one row per active golden member in ``member_metrics``, and RFM per
-store in ``member_store_rfm``, rebuilt by four set-based statements inside the database: the orders
-are read once, into per-store facts (a temporary table), the per-store RFM ranks those, the member view
-sums them, and the chain-wide quintiles rank a narrow projection of the members who bought, so each
-sort carries a few columns, not the whole row. Ties are ordered by member id in byte order (COLLATE
-"C"), which is SQLite's order and PostgreSQL's fast one.
+store in ``member_store_rfm``, rebuilt by set-based statements inside the database: the orders are
+read once, into per-store facts (a temporary table); the quintile cut points of each store are taken
+from those and the per-store RFM written with its scores; the member view sums the facts; the
+chain-wide cut points are taken from the members who bought, and the view is written with its scores.
 
 Each run recomputes everything from the orders, on purpose: a quintile boundary moves for everyone
 when anyone buys, and every day count moves with ``as_of``, so the ranking sorts and the view would
@@ -24,9 +23,16 @@ Definitions (the same in hub/segments.yaml, where segment rules read them):
   and none says no, unknown (NULL) otherwise.
 * Days are whole days between two instants (the fraction dropped); ``as_of`` is the instant measured from.
 * RFM quintiles among members with at least one order, 5 the best: ``r_score`` by last order time,
-  ``f_score`` by orders, ``m_score`` by spend, ``aov_score`` by average order value. Ties are broken
-  by member id, so equal values can fall in neighbouring quintiles, as NTILE does. Per store, the
-  same among the store's own buyers with their orders at that store.
+  ``f_score`` by orders, ``m_score`` by spend, ``aov_score`` by average order value. A member's score
+  is ``1 + floor(5 × below / buyers)``, ``below`` being the buyers with a strictly lower value: the
+  bottom fifth scores 1, the top fifth 5, and equal values share a score (two members with 3 orders
+  each always have the same ``f_score``; NTILE would split them by member id). Per store, the same
+  among the store's own buyers with their orders at that store.
+
+  The scores are read off four cut points per measure: the values at positions ``ceil(s × n / 5)``,
+  s = 1…4, of the n sorted values (``percentile_disc(s / 5)`` on PostgreSQL, a ranked window on SQLite);
+  ``score = 1 + (value > cut₁) + … + (value > cut₄)``. So each measure is sorted once, as bare values,
+  and the member rows are never sorted for a score.
 * Churn risk (流失风险), explainable: the member's typical gap between orders is
   ``(last order − first order) / (orders − 1)`` days; with a single order, the chain's average of
   those gaps (``interval_basis`` says which). ``overdue = days_since_last_order / max(gap, 1)``, and
@@ -37,6 +43,7 @@ Definitions (the same in hub/segments.yaml, where segment rules read them):
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import text
@@ -71,18 +78,23 @@ CREATE TEMPORARY TABLE store_facts AS
 WITH {sold}
 SELECT store_code, member_id, COUNT(*) AS orders, SUM(net) AS spend, MIN(ordered_at) AS first_order_at,
        MAX(ordered_at) AS last_order_at, SUM(CASE WHEN channel = {store_channel} THEN 1 ELSE 0 END) AS pos_orders
-FROM sold GROUP BY store_code, member_id
+FROM sold GROUP BY member_id, store_code
+ORDER BY member_id COLLATE "C", store_code COLLATE "C"
 """
+"""A member's orders per store, in member order (the per-store RFM's key)."""
+
+STORE_MEASURES = {"r": "last_order_at", "f": "orders", "m": "spend"}
+CHAIN_MEASURES = {**STORE_MEASURES, "aov": "avg_order_value"}
+"""Score name -> the column it ranks: per store, and chain-wide (which adds average order value)."""
+CUTS = (1, 2, 3, 4)
+"""Quintile cut s is the value at position ceil(s × n / 5) of the n sorted values."""
 
 _STORE_RFM = """
 INSERT INTO member_store_rfm (
   store_code, member_id, orders, pos_orders, spend, first_order_at, last_order_at, r_score, f_score, m_score
 )
-SELECT store_code, member_id, orders, pos_orders, spend, first_order_at, last_order_at,
-       NTILE(5) OVER (PARTITION BY store_code COLLATE "C" ORDER BY last_order_at, member_id COLLATE "C"),
-       NTILE(5) OVER (PARTITION BY store_code COLLATE "C" ORDER BY orders, member_id COLLATE "C"),
-       NTILE(5) OVER (PARTITION BY store_code COLLATE "C" ORDER BY spend, member_id COLLATE "C")
-FROM store_facts
+SELECT f.store_code, f.member_id, f.orders, f.pos_orders, f.spend, f.first_order_at, f.last_order_at, {scores}
+FROM store_facts AS f JOIN store_cuts AS c ON c.store_code = f.store_code
 """
 
 _MEMBER_BASE = """
@@ -95,12 +107,12 @@ WITH per_member AS (
            ROW_NUMBER() OVER (
              PARTITION BY member_id COLLATE "C" ORDER BY orders DESC, last_order_at DESC, store_code COLLATE "C"
            ) AS n,
-           SUM(orders) OVER (PARTITION BY member_id COLLATE "C") AS total_orders,
+           CAST(SUM(orders) OVER (PARTITION BY member_id COLLATE "C") AS BIGINT) AS total_orders,
            SUM(spend) OVER (PARTITION BY member_id COLLATE "C") AS total_spend,
            MIN(first_order_at) OVER (PARTITION BY member_id COLLATE "C") AS first_of_all,
            MAX(last_order_at) OVER (PARTITION BY member_id COLLATE "C") AS last_of_all,
            COUNT(*) OVER (PARTITION BY member_id COLLATE "C") AS stores,
-           SUM(pos_orders) OVER (PARTITION BY member_id COLLATE "C") AS store_orders
+           CAST(SUM(pos_orders) OVER (PARTITION BY member_id COLLATE "C") AS BIGINT) AS store_orders
     FROM store_facts
   ) AS ranked WHERE n = 1
 ),
@@ -116,102 +128,188 @@ latest_tier AS (
   SELECT t.member_id, t.tier FROM tier_assignments AS t
   JOIN (SELECT member_id, MAX(id) AS id FROM tier_assignments GROUP BY member_id) AS x ON x.id = t.id
 ),
-store_city (code, city) AS (VALUES {stores}),
-base AS (
-  SELECT g.member_id, COALESCE(lt.tier, {default_tier}) AS tier, g.city,
-         COALESCE(src.enrolled_store, p.favourite_store) AS home_store, g.birthday,
-         CASE WHEN src.said_no > 0 THEN FALSE WHEN src.said_yes > 0 THEN TRUE END AS marketing_consent,
-         COALESCE(src.enrolled_at, g.created_at) AS enrolled_at, p.first_order_at, p.last_order_at,
-         COALESCE(p.orders, 0) AS orders, COALESCE(p.spend, 0) AS spend,
-         CAST(p.spend AS DECIMAL(18, 4)) / CAST(p.orders AS DECIMAL(18, 4)) AS avg_order_value,
-         COALESCE(p.store_orders, 0) AS store_orders,
-         COALESCE(p.orders, 0) - COALESCE(p.store_orders, 0) AS online_orders,
-         COALESCE(p.stores, 0) AS stores, COALESCE(a.balance, 0) AS points,
-         (EPOCH({now}) - EPOCH(p.first_order_at)) // 86400 AS days_since_first_order,
-         (EPOCH({now}) - EPOCH(p.last_order_at)) // 86400 AS days_since_last_order,
-         (EPOCH({now}) - EPOCH(COALESCE(src.enrolled_at, g.created_at))) // 86400 AS tenure_days,
-         CASE WHEN p.orders > 1
-              THEN CAST(EPOCH(p.last_order_at) - EPOCH(p.first_order_at) AS DOUBLE) / 86400 / (p.orders - 1)
-         END AS own_interval
-  FROM golden_members AS g
-  LEFT JOIN per_member AS p ON p.member_id = g.member_id
-  LEFT JOIN sources AS src ON src.member_id = g.member_id
-  LEFT JOIN latest_tier AS lt ON lt.member_id = g.member_id
-  LEFT JOIN points_accounts AS a ON a.member_id = g.member_id
-  WHERE g.status = 'active'
-),
-chain AS (SELECT AVG(own_interval) AS avg_gap FROM base)
-SELECT b.*, sc.city AS home_store_city,
-       CASE WHEN b.orders > 0 THEN COALESCE(b.own_interval, chain.avg_gap) END AS gap,
-       CASE WHEN b.own_interval IS NOT NULL THEN 'own' WHEN b.orders > 0 AND chain.avg_gap IS NOT NULL
-            THEN 'chain' END AS basis
-FROM base AS b CROSS JOIN chain LEFT JOIN store_city AS sc ON sc.code = b.home_store
+store_city (code, city) AS (VALUES {stores})
+SELECT g.member_id, COALESCE(lt.tier, {default_tier}) AS tier, g.city,
+       COALESCE(src.enrolled_store, p.favourite_store) AS home_store, sc.city AS home_store_city, g.birthday,
+       CASE WHEN src.said_no > 0 THEN FALSE WHEN src.said_yes > 0 THEN TRUE END AS marketing_consent,
+       COALESCE(src.enrolled_at, g.created_at) AS enrolled_at, p.first_order_at, p.last_order_at,
+       COALESCE(p.orders, 0) AS orders, COALESCE(p.spend, 0) AS spend,
+       CAST(p.spend AS DECIMAL(18, 4)) / CAST(p.orders AS DECIMAL(18, 4)) AS avg_order_value,
+       COALESCE(p.store_orders, 0) AS store_orders,
+       COALESCE(p.orders, 0) - COALESCE(p.store_orders, 0) AS online_orders,
+       COALESCE(p.stores, 0) AS stores, COALESCE(a.balance, 0) AS points,
+       (EPOCH({now}) - EPOCH(p.first_order_at)) // 86400 AS days_since_first_order,
+       (EPOCH({now}) - EPOCH(p.last_order_at)) // 86400 AS days_since_last_order,
+       (EPOCH({now}) - EPOCH(COALESCE(src.enrolled_at, g.created_at))) // 86400 AS tenure_days,
+       CASE WHEN p.orders > 1
+            THEN CAST(EPOCH(p.last_order_at) - EPOCH(p.first_order_at) AS DOUBLE) / 86400 / (p.orders - 1)
+       END AS own_interval
+FROM golden_members AS g
+LEFT JOIN per_member AS p ON p.member_id = g.member_id
+LEFT JOIN sources AS src ON src.member_id = g.member_id
+LEFT JOIN latest_tier AS lt ON lt.member_id = g.member_id
+LEFT JOIN points_accounts AS a ON a.member_id = g.member_id
+LEFT JOIN store_city AS sc ON sc.code = COALESCE(src.enrolled_store, p.favourite_store)
+WHERE g.status = 'active'
 """
+"""Every active golden member, with or without orders, before the scores."""
 
 _MEMBERS = """
-WITH scores AS (
-  SELECT member_id,
-         NTILE(5) OVER (ORDER BY last_order_at, member_id COLLATE "C") AS r_score,
-         NTILE(5) OVER (ORDER BY orders, member_id COLLATE "C") AS f_score,
-         NTILE(5) OVER (ORDER BY spend, member_id COLLATE "C") AS m_score,
-         NTILE(5) OVER (ORDER BY avg_order_value, member_id COLLATE "C") AS aov_score
-  FROM member_base WHERE orders > 0
-)
 INSERT INTO member_metrics (
   member_id, tier, city, home_store, home_store_city, birthday, marketing_consent, enrolled_at,
   first_order_at, last_order_at, orders, spend, avg_order_value, store_orders, online_orders, stores, points,
   days_since_first_order, days_since_last_order, tenure_days, typical_interval_days, interval_basis, churn_risk,
   r_score, f_score, m_score, aov_score, computed_at
 )
-SELECT b.member_id, tier, city, home_store, home_store_city, birthday, marketing_consent, enrolled_at,
+SELECT v.member_id, tier, city, home_store, home_store_city, birthday, marketing_consent, enrolled_at,
        first_order_at, last_order_at, orders, ROUND(spend, 2), ROUND(avg_order_value, 2), store_orders,
        online_orders, stores, points, days_since_first_order, days_since_last_order, tenure_days, gap, basis,
        CASE WHEN gap IS NOT NULL
             THEN LEAST(1.0, GREATEST(0.0, (days_since_last_order / GREATEST(gap, 1.0) - 1) / 2)) END,
-       s.r_score, s.f_score, s.m_score, s.aov_score, {now}
-FROM member_base AS b LEFT JOIN scores AS s ON s.member_id = b.member_id
-ORDER BY b.member_id COLLATE "C"
+       {scores}, {now}
+FROM (
+  SELECT f.*, c.*,
+         CASE WHEN f.orders > 0 THEN COALESCE(f.own_interval, c.avg_gap) END AS gap,
+         CASE WHEN f.own_interval IS NOT NULL THEN 'own' WHEN f.orders > 0 AND c.avg_gap IS NOT NULL
+              THEN 'chain' END AS basis
+  FROM member_base AS f CROSS JOIN chain_cuts AS c
+) AS v
+ORDER BY v.member_id COLLATE "C"
 """
+"""``chain_cuts`` holds the chain's cut points and ``avg_gap``, the average of the members' own gaps
+between orders (the churn basis of members with a single order)."""
 
-WORK_TABLES = ("store_facts", "member_base")
+
+def cut_points(
+    source: str, measures: Mapping[str, str], *, group: str | None, percentile: bool, where: str = "TRUE"
+) -> str:
+    """SELECT [group,] <score>1 … <score>4 per group of ``source`` (the whole table when ``group`` is
+    None): for each measure, the values at positions ceil(s × n / 5) among the rows where ``where``
+    holds and the measure is set.
+    ``percentile``: PostgreSQL's ``percentile_disc``, which sorts each measure once as bare values;
+    otherwise a ranked window, which any dialect runs (SQLite has no ordered-set aggregates)."""
+    keys = [group] if group else []
+    grouping = f" GROUP BY {group}" if group else ""
+    if percentile:
+        fractions = "ARRAY[" + ", ".join(f"{s / 5}" for s in CUTS) + "]"
+        inner = ", ".join(
+            f"percentile_disc({fractions}) WITHIN GROUP (ORDER BY {column}) AS {name}"
+            for name, column in measures.items()
+        )
+        outer = ", ".join(f"{name}[{s}] AS {name}{s}" for name in measures for s in CUTS)
+        return (
+            f"SELECT {', '.join([*keys, outer])} "
+            f"FROM (SELECT {', '.join([*keys, inner])} FROM {source} WHERE {where}{grouping}) AS p"
+        )
+    window = f"PARTITION BY {group}" if group else ""
+    ranked = []
+    for name, column in measures.items():
+        picks = ", ".join(f"MAX(CASE WHEN rn = ({s} * n + 4) / 5 THEN v END) AS {name}{s}" for s in CUTS)
+        ranked.append(
+            f"(SELECT {', '.join([*keys, picks])} FROM (SELECT {', '.join([*keys, f'{column} AS v'])}, "
+            f"ROW_NUMBER() OVER ({window} ORDER BY {column}) AS rn, COUNT(*) OVER ({window}) AS n "
+            f"FROM {source} WHERE {where} AND {column} IS NOT NULL) AS ranked{grouping}) AS {name}"
+        )
+    first, *others = measures
+    joined = ranked[0] + "".join(
+        f" JOIN {part} ON {name}.{group} = {first}.{group}" if group else f" CROSS JOIN {part}"
+        for name, part in zip(others, ranked[1:], strict=True)
+    )
+    columns = ([f"{first}.{group}"] if group else []) + [f"{name}{s}" for name in measures for s in CUTS]
+    return f"SELECT {', '.join(columns)} FROM {joined}"
+
+
+def scores(measures: Mapping[str, str], *, facts: str = "f", cuts: str = "c", when: str | None = None) -> str:
+    """``<name>_score`` columns: 1 + the cut points a value is above (``when``: NULL unless it holds)."""
+    columns = []
+    for name, column in measures.items():
+        above = " + ".join(f"CASE WHEN {facts}.{column} > {cuts}.{name}{s} THEN 1 ELSE 0 END" for s in CUTS)
+        score = f"1 + {above}"
+        columns.append(f"CASE WHEN {when} THEN {score} END" if when else score)
+    return ", ".join(columns)
+
+
+WORK_TABLES = ("store_facts", "store_cuts", "member_base", "chain_cuts")
 """Per-run scratch (temporary tables, the session's own): the orders aggregated once per member and
-store, and the member view before its quintiles."""
+store, each store's quintile cut points, the member view before its scores, and the chain's cut points."""
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    sql: str
+    creates: str | None
+    """The temporary table it creates (None: it fills ``member_store_rfm`` or ``member_metrics``)."""
+    postgres_settings: tuple[str, ...] = ()
+    """Planner settings for this statement alone on PostgreSQL."""
+
+
+SORTED_AGGREGATE = ("enable_hashagg = off", "parallel_setup_cost = 10", "parallel_tuple_cost = 0.001")
+"""The store facts are grouped by sorting, not hashing: 2.4 million groups of numeric sums hash into a
+1.3 GB table, slower than sorting the joined orders in parallel workers, and the sort leaves the facts
+in member order for what reads them next."""
+PLANNER = ("work_mem = '1GB'", "jit = off")
+"""The recompute's transaction on PostgreSQL: hash tables and sorts in memory, not on disk; no JIT
+compiling per statement; the scans and joins of the orders shared with parallel workers, which the
+default costs keep for larger tables than a million members'."""
 
 
 def statements(
     session: Session, *, as_of: datetime, default_tier: str, store_cities: Mapping[str, str | None]
-) -> list[str]:
-    """The SQL that rebuilds both tables from the orders, in the session's dialect (what ``refresh``
-    runs, in order, after emptying the tables)."""
+) -> list[Step]:
+    """The SQL that rebuilds both tables from the orders, in the session's dialect: what ``refresh``
+    runs, in order, after emptying the tables."""
+    postgres = session.get_bind().dialect.name == "postgresql"
     sold = _SOLD.format(statuses=", ".join(sql.text(s) for s in COUNTED_STATUSES))
     stores = ", ".join(f"({sql.text(code)}, {sql.text(city)})" for code, city in sorted(store_cities.items()))
     now = sql.timestamp(as_of, session)
     base = _MEMBER_BASE.format(default_tier=sql.text(default_tier), stores=stores or "(NULL, NULL)", now=now)
-    steps = [_STORE_FACTS.format(sold=sold, store_channel=sql.text(STORE_CHANNEL)), _STORE_RFM, base,
-             _MEMBERS.format(now=now)]  # fmt: skip
-    return [sql.render(step, session) for step in steps]
+    store_cuts = cut_points("store_facts", STORE_MEASURES, group="store_code", percentile=postgres)
+    buyers = cut_points("member_base", CHAIN_MEASURES, group=None, percentile=postgres, where="orders > 0")
+    gaps = "SELECT AVG(own_interval) AS avg_gap FROM member_base"
+    facts = _STORE_FACTS.format(sold=sold, store_channel=sql.text(STORE_CHANNEL))
+    members = _MEMBERS.format(now=now, scores=scores(CHAIN_MEASURES, facts="v", cuts="v", when="v.orders > 0"))
+    return [
+        Step("store facts", sql.render(facts, session), "store_facts", SORTED_AGGREGATE),
+        Step("store cut points", f"CREATE TEMPORARY TABLE store_cuts AS {store_cuts}", "store_cuts"),
+        Step("store RFM", sql.render(_STORE_RFM.format(scores=scores(STORE_MEASURES)), session), None),
+        Step("member base", sql.render(base, session), "member_base"),
+        Step(
+            "chain cut points",
+            f"CREATE TEMPORARY TABLE chain_cuts AS SELECT * FROM ({buyers}) AS cuts CROSS JOIN ({gaps}) AS gaps",
+            "chain_cuts",
+        ),
+        Step("member view", sql.render(members, session), None),
+    ]
 
 
 def refresh(session: Session, *, as_of: datetime, default_tier: str, store_cities: Mapping[str, str | None]) -> int:
     """Rebuild the member view and the per-store RFM as of ``as_of``; returns the members in the view."""
     postgres = session.get_bind().dialect.name == "postgresql"
-    if postgres:  # hash tables and the quintile sorts in memory, not on disk; no JIT compiling per statement
-        session.execute(text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
-        session.execute(text("SET LOCAL jit = off"))
+    if postgres:
+        for setting in PLANNER:
+            session.execute(text(f"SET LOCAL {setting}"))
     for table in TABLES:
         session.execute(text(f"TRUNCATE {table}" if postgres else f"DELETE FROM {table}"))
     drop_work_tables(session)
-    store_facts, store_rfm, base, members = statements(
-        session, as_of=as_of, default_tier=default_tier, store_cities=store_cities
-    )
-    for step, table in ((store_facts, "store_facts"), (store_rfm, None), (base, "member_base"), (members, None)):
-        session.execute(text(step))
-        if postgres and table:  # autovacuum never sees temporary tables: the planner needs their sizes
-            session.execute(text(f"ANALYZE {table}"))
+    for step in statements(session, as_of=as_of, default_tier=default_tier, store_cities=store_cities):
+        run(session, step)
     drop_work_tables(session)
     if postgres:
         session.execute(text("ANALYZE member_metrics"))
     return int(session.scalar(text("SELECT COUNT(*) FROM member_metrics")) or 0)
+
+
+def run(session: Session, step: Step) -> None:
+    postgres = session.get_bind().dialect.name == "postgresql"
+    settings = step.postgres_settings if postgres else ()
+    for setting in settings:
+        session.execute(text(f"SET LOCAL {setting}"))
+    session.execute(text(step.sql))
+    for setting in settings:
+        session.execute(text(f"RESET {setting.split('=')[0].strip()}"))
+    if postgres and step.creates:  # autovacuum never sees temporary tables: the planner needs their sizes
+        session.execute(text(f"ANALYZE {step.creates}"))
 
 
 def drop_work_tables(session: Session, tables: tuple[str, ...] = WORK_TABLES) -> None:
