@@ -97,6 +97,32 @@ SELECT f.store_code, f.member_id, f.orders, f.pos_orders, f.spend, f.first_order
 FROM store_facts AS f JOIN store_cuts AS c ON c.store_code = f.store_code
 """
 
+_MEMBER_SOURCES = """
+CREATE TEMPORARY TABLE member_sources AS
+WITH sources AS (
+  SELECT l.member_id,
+         SUM(CASE WHEN s.marketing_consent = TRUE THEN 1 ELSE 0 END) AS said_yes,
+         SUM(CASE WHEN s.marketing_consent = FALSE THEN 1 ELSE 0 END) AS said_no,
+         MIN(s.store_code) AS enrolled_store, MIN(s.created_at) AS enrolled_at
+  FROM staged_members AS s JOIN member_links AS l ON l.staged_member_id = s.id
+  GROUP BY l.member_id
+),
+latest_tier AS (
+  SELECT t.member_id, t.tier FROM tier_assignments AS t
+  JOIN (SELECT member_id, MAX(id) AS id FROM tier_assignments GROUP BY member_id) AS x ON x.id = t.id
+)
+SELECT g.member_id, COALESCE(lt.tier, {default_tier}) AS tier, g.city, g.birthday,
+       CASE WHEN src.said_no > 0 THEN FALSE WHEN src.said_yes > 0 THEN TRUE END AS marketing_consent,
+       src.enrolled_store, COALESCE(src.enrolled_at, g.created_at) AS enrolled_at, COALESCE(a.balance, 0) AS points
+FROM golden_members AS g
+LEFT JOIN sources AS src ON src.member_id = g.member_id
+LEFT JOIN latest_tier AS lt ON lt.member_id = g.member_id
+LEFT JOIN points_accounts AS a ON a.member_id = g.member_id
+WHERE g.status = 'active'
+"""
+"""Every active golden member with what the source systems and the ledger say of them: read from the
+hub's own tables only, so PostgreSQL may share the joins with parallel workers."""
+
 _MEMBER_BASE = """
 CREATE TEMPORARY TABLE member_base AS
 WITH per_member AS (
@@ -116,41 +142,23 @@ WITH per_member AS (
     FROM store_facts
   ) AS ranked WHERE n = 1
 ),
-sources AS (
-  SELECT l.member_id,
-         SUM(CASE WHEN s.marketing_consent = TRUE THEN 1 ELSE 0 END) AS said_yes,
-         SUM(CASE WHEN s.marketing_consent = FALSE THEN 1 ELSE 0 END) AS said_no,
-         MIN(s.store_code) AS enrolled_store, MIN(s.created_at) AS enrolled_at
-  FROM staged_members AS s JOIN member_links AS l ON l.staged_member_id = s.id
-  GROUP BY l.member_id
-),
-latest_tier AS (
-  SELECT t.member_id, t.tier FROM tier_assignments AS t
-  JOIN (SELECT member_id, MAX(id) AS id FROM tier_assignments GROUP BY member_id) AS x ON x.id = t.id
-),
 store_city (code, city) AS (VALUES {stores})
-SELECT g.member_id, COALESCE(lt.tier, {default_tier}) AS tier, g.city,
-       COALESCE(src.enrolled_store, p.favourite_store) AS home_store, sc.city AS home_store_city, g.birthday,
-       CASE WHEN src.said_no > 0 THEN FALSE WHEN src.said_yes > 0 THEN TRUE END AS marketing_consent,
-       COALESCE(src.enrolled_at, g.created_at) AS enrolled_at, p.first_order_at, p.last_order_at,
+SELECT m.member_id, m.tier, m.city, COALESCE(m.enrolled_store, p.favourite_store) AS home_store,
+       sc.city AS home_store_city, m.birthday, m.marketing_consent, m.enrolled_at, p.first_order_at, p.last_order_at,
        COALESCE(p.orders, 0) AS orders, COALESCE(p.spend, 0) AS spend,
        CAST(p.spend AS DECIMAL(18, 4)) / CAST(p.orders AS DECIMAL(18, 4)) AS avg_order_value,
        COALESCE(p.store_orders, 0) AS store_orders,
        COALESCE(p.orders, 0) - COALESCE(p.store_orders, 0) AS online_orders,
-       COALESCE(p.stores, 0) AS stores, COALESCE(a.balance, 0) AS points,
+       COALESCE(p.stores, 0) AS stores, m.points,
        (EPOCH({now}) - EPOCH(p.first_order_at)) // 86400 AS days_since_first_order,
        (EPOCH({now}) - EPOCH(p.last_order_at)) // 86400 AS days_since_last_order,
-       (EPOCH({now}) - EPOCH(COALESCE(src.enrolled_at, g.created_at))) // 86400 AS tenure_days,
+       (EPOCH({now}) - EPOCH(m.enrolled_at)) // 86400 AS tenure_days,
        CASE WHEN p.orders > 1
             THEN CAST(EPOCH(p.last_order_at) - EPOCH(p.first_order_at) AS DOUBLE) / 86400 / (p.orders - 1)
        END AS own_interval
-FROM golden_members AS g
-LEFT JOIN per_member AS p ON p.member_id = g.member_id
-LEFT JOIN sources AS src ON src.member_id = g.member_id
-LEFT JOIN latest_tier AS lt ON lt.member_id = g.member_id
-LEFT JOIN points_accounts AS a ON a.member_id = g.member_id
-LEFT JOIN store_city AS sc ON sc.code = COALESCE(src.enrolled_store, p.favourite_store)
-WHERE g.status = 'active'
+FROM member_sources AS m
+LEFT JOIN per_member AS p ON p.member_id = m.member_id
+LEFT JOIN store_city AS sc ON sc.code = COALESCE(m.enrolled_store, p.favourite_store)
 """
 """Every active golden member, with or without orders, before the scores."""
 
@@ -229,9 +237,10 @@ def scores(measures: Mapping[str, str], *, facts: str = "f", cuts: str = "c", wh
     return ", ".join(columns)
 
 
-WORK_TABLES = ("store_facts", "store_cuts", "member_base", "chain_cuts")
-"""Per-run scratch (temporary tables, the session's own): the orders aggregated once per member and
-store, each store's quintile cut points, the member view before its scores, and the chain's cut points."""
+WORK_TABLES = ("member_sources", "store_facts", "store_cuts", "member_base", "chain_cuts")
+"""Per-run scratch (temporary tables, the session's own): the members' sources, tiers and points; the
+orders aggregated once per member and store; each store's quintile cut points; the member view before
+its scores; and the chain's cut points."""
 
 
 @dataclass(frozen=True)
@@ -244,14 +253,16 @@ class Step:
     """Planner settings for this statement alone on PostgreSQL."""
 
 
-SORTED_AGGREGATE = ("enable_hashagg = off", "parallel_setup_cost = 10", "parallel_tuple_cost = 0.001")
+PARALLEL = ("parallel_setup_cost = 10", "parallel_tuple_cost = 0.001")
+"""Scans and joins of the hub's tables shared with parallel workers: the default costs keep them for
+tables larger than a million members'. (Temporary tables are the session's own: never parallel.)"""
+SORTED_AGGREGATE = ("enable_hashagg = off", *PARALLEL)
 """The store facts are grouped by sorting, not hashing: 2.4 million groups of numeric sums hash into a
 1.3 GB table, slower than sorting the joined orders in parallel workers, and the sort leaves the facts
 in member order for what reads them next."""
 PLANNER = ("work_mem = '1GB'", "jit = off")
 """The recompute's transaction on PostgreSQL: hash tables and sorts in memory, not on disk; no JIT
-compiling per statement; the scans and joins of the orders shared with parallel workers, which the
-default costs keep for larger tables than a million members'."""
+compiling per statement."""
 
 
 def statements(
@@ -263,13 +274,15 @@ def statements(
     sold = _SOLD.format(statuses=", ".join(sql.text(s) for s in COUNTED_STATUSES))
     stores = ", ".join(f"({sql.text(code)}, {sql.text(city)})" for code, city in sorted(store_cities.items()))
     now = sql.timestamp(as_of, session)
-    base = _MEMBER_BASE.format(default_tier=sql.text(default_tier), stores=stores or "(NULL, NULL)", now=now)
+    base = _MEMBER_BASE.format(stores=stores or "(NULL, NULL)", now=now)
+    sources = _MEMBER_SOURCES.format(default_tier=sql.text(default_tier))
     store_cuts = cut_points("store_facts", STORE_MEASURES, group="store_code", percentile=postgres)
     buyers = cut_points("member_base", CHAIN_MEASURES, group=None, percentile=postgres, where="orders > 0")
     gaps = "SELECT AVG(own_interval) AS avg_gap FROM member_base"
     facts = _STORE_FACTS.format(sold=sold, store_channel=sql.text(STORE_CHANNEL))
     members = _MEMBERS.format(now=now, scores=scores(CHAIN_MEASURES, facts="v", cuts="v", when="v.orders > 0"))
     return [
+        Step("member sources", sql.render(sources, session), "member_sources", PARALLEL),
         Step("store facts", sql.render(facts, session), "store_facts", SORTED_AGGREGATE),
         Step("store cut points", f"CREATE TEMPORARY TABLE store_cuts AS {store_cuts}", "store_cuts"),
         Step("store RFM", sql.render(_STORE_RFM.format(scores=scores(STORE_MEASURES)), session), None),
