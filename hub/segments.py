@@ -377,7 +377,9 @@ def recompute(
     counts.members = metrics.refresh(session, as_of=as_of, default_tier=default_tier, store_cities=store_cities())
     now = sql.timestamp(as_of, session)
     metrics.drop_work_tables(session, (MOVES,))
-    session.execute(text(sql.render(_moves(session, definitions), session)))
+    metrics.run(
+        session, metrics.Step("moves", sql.render(_moves(session, definitions), session), MOVES, metrics.PARALLEL)
+    )
     moved = {"entered": {}, "left": {}}
     for segment_name, change, number in session.execute(
         text(f"SELECT segment, change, COUNT(*) FROM {MOVES} GROUP BY segment, change")

@@ -314,13 +314,14 @@ def refresh(session: Session, *, as_of: datetime, default_tier: str, store_citie
 
 
 def run(session: Session, step: Step) -> None:
+    """One step, its planner settings applying to its statement only."""
     postgres = session.get_bind().dialect.name == "postgresql"
     settings = step.postgres_settings if postgres else ()
     for setting in settings:
         session.execute(text(f"SET LOCAL {setting}"))
     session.execute(text(step.sql))
     for setting in settings:
-        session.execute(text(f"RESET {setting.split('=')[0].strip()}"))
+        session.execute(text(f"SET LOCAL {setting.split('=')[0].strip()} TO DEFAULT"))
     if postgres and step.creates:  # autovacuum never sees temporary tables: the planner needs their sizes
         session.execute(text(f"ANALYZE {step.creates}"))
 
