@@ -1,13 +1,15 @@
 """The member view (会员画像): one row per active golden member in ``member_metrics``, and RFM per
-store in ``member_store_rfm``, rebuilt by set-based statements inside the database: the orders are
-read once, into per-store facts (a temporary table); the quintile cut points of each store are taken
-from those and the per-store RFM written with its scores; the member view sums the facts; the
-chain-wide cut points are taken from the members who bought, and the view is written with its scores.
+store in ``member_store_rfm``, rebuilt by set-based statements inside the database (``statements``):
+the members' sources, tiers and points are gathered from the hub's tables; the orders are read once,
+into per-store facts (a temporary table); the quintile cut points of each store are taken from those
+and the per-store RFM written with its scores; the member view sums the facts; the chain-wide cut
+points are taken from the members who bought, and the view is written with its scores.
 
-Each run recomputes everything from the orders, on purpose: a quintile boundary moves for everyone
-when anyone buys, and every day count moves with ``as_of``, so the ranking sorts and the view would
-be rebuilt whatever changed; keeping the order facts up to date from a watermark would spare only the
-first statement, for a second copy of the facts to keep right through merges and re-links.
+Each run recomputes everything from the orders. Day counts move with ``as_of`` and cut points move
+when anyone buys, so every view row is rewritten anyway; what a change-driven run could spare is
+re-reading the orders (the per-store facts) and rewriting the per-store rows, whose scores would then
+be read off stored cut points instead of stored with each row. That needs the facts kept right
+through merges, re-links and late orders (the resolution queue's triggers are the model).
 
 Definitions (the same in hub/segments.yaml, where segment rules read them):
 
@@ -51,7 +53,6 @@ from sqlalchemy.orm import Session
 
 from hub.analytics import sql
 
-WORK_MEM = "1GB"
 COUNTED_STATUSES = ("paid", "partially_refunded")
 STORE_CHANNEL = "pos"
 TABLES = ("member_store_rfm", "member_metrics")
