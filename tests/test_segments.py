@@ -8,7 +8,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 from test_segments_world import AS_OF, build, expected_view, store_rfm
 
 from hub import segments
@@ -165,3 +165,22 @@ def test_the_shipped_file_is_valid():
     assert definitions.get("dormant").tag == "MH-沉睡会员"
     with pytest.raises(Exception, match="did you mean 'dormant'"):
         definitions.get("dormnt")
+
+
+@pytest.mark.postgres
+def test_a_steps_planner_settings_end_with_the_step(postgres_url):
+    """The store facts are grouped with hashing switched off; later statements of the same
+    transaction (the segment diff, the triggers) plan with the server's settings again."""
+    from hub.analytics import metrics
+    from hub.db import upgrade
+
+    upgrade(postgres_url)
+    with session_scope(postgres_url) as session:
+        before = {name: session.scalar(text(f"SHOW {name}")) for name in ("enable_hashagg", "parallel_tuple_cost")}
+        step = next(s for s in metrics.statements(session, as_of=AS_OF, default_tier="regular", store_cities={})
+                    if s.name == "store facts")  # fmt: skip
+        assert "enable_hashagg = off" in step.postgres_settings
+        metrics.run(session, step)
+        after = {name: session.scalar(text(f"SHOW {name}")) for name in before}
+        assert after == before
+        session.rollback()
