@@ -5,13 +5,13 @@ chain-wide, with equal values sharing a score."""
 from __future__ import annotations
 
 import os
-from bisect import bisect_left
 from decimal import Decimal
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
+from test_segments_world import quintiles
 
 from hub.analytics.metrics import cut_points, scores
 
@@ -33,9 +33,11 @@ rows = st.lists(
 )
 
 
-def expected(values: dict[str, object]) -> dict[str, int]:
-    ordered = sorted(values.values())
-    return {key: 1 + 5 * bisect_left(ordered, value) // len(ordered) for key, value in values.items()}
+def expected(facts: dict[tuple[str, str], tuple[int, Decimal]]) -> dict[tuple[str, str], tuple[int, int]]:
+    """Both scores of each row among ``facts``, computed directly."""
+    v = quintiles({key: value for key, (value, _) in facts.items()})
+    w = quintiles({key: value for key, (_, value) in facts.items()})
+    return {key: (v[key], w[key]) for key in facts}
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -65,16 +67,10 @@ def test_quintile_scores_are_the_share_of_lower_values_with_ties_shared(engine, 
             text("INSERT INTO facts VALUES (:g, :m, :v, :w)"),
             [{"g": g, "m": f"M{i}", "v": v, "w": w if postgres else float(w)} for i, (g, v, w) in enumerate(data)],
         )
-        ways = [False, True] if postgres else [False]
-        for percentile in ways:
+        facts = {(g, f"M{i}"): (v, w) for i, (g, v, w) in enumerate(data)}
+        for percentile in [False, True] if postgres else [False]:
             by_group = _scores(connection, group="grp", percentile=percentile)
-            chain = _scores(connection, group=None, percentile=percentile)
-            for grp in {g for g, _, _ in data}:
-                keys = [(g, f"M{i}") for i, (g, _, _) in enumerate(data) if g == grp]
-                v = expected({k: data[int(k[1][1:])][1] for k in keys})
-                w = expected({k: Decimal(data[int(k[1][1:])][2]) for k in keys})
-                assert {k: by_group[k] for k in keys} == {k: (v[k], w[k]) for k in keys}, percentile
-            everyone = [(g, f"M{i}") for i, (g, _, _) in enumerate(data)]
-            v = expected({k: data[int(k[1][1:])][1] for k in everyone})
-            w = expected({k: Decimal(data[int(k[1][1:])][2]) for k in everyone})
-            assert chain == {k: (v[k], w[k]) for k in everyone}, percentile
+            for grp in {g for g, _ in facts}:
+                in_group = {key: value for key, value in facts.items() if key[0] == grp}
+                assert {key: by_group[key] for key in in_group} == expected(in_group), percentile
+            assert _scores(connection, group=None, percentile=percentile) == expected(facts), percentile

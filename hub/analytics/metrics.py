@@ -229,7 +229,8 @@ def cut_points(
 
 
 def scores(measures: Mapping[str, str], *, facts: str = "f", cuts: str = "c", when: str | None = None) -> str:
-    """``<name>_score`` columns: 1 + the cut points a value is above (``when``: NULL unless it holds)."""
+    """One score expression per measure, in their order: 1 + the cut points ``facts``' value is above
+    (``when``: NULL unless it holds). The statement's column list names them."""
     columns = []
     for name, column in measures.items():
         above = " + ".join(f"CASE WHEN {facts}.{column} > {cuts}.{name}{s} THEN 1 ELSE 0 END" for s in CUTS)
