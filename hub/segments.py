@@ -399,18 +399,16 @@ def recompute(
     ):
         session.execute(text(sql.render(statement, session)))
     metrics.drop_work_tables(session, (MOVES,))
-    for segment_name, size in session.execute(
-        select(SegmentMembership.segment, func.count()).group_by(SegmentMembership.segment)
-    ):
-        counts.sizes[segment_name] = int(size)
-    sizes: dict[str, Any] = {}
-    for segment in definitions:
-        sizes[segment.name] = {
+    counts.sizes = {name: int(size) for name, size in sizes(session).items()}
+    per_segment = {
+        segment.name: {
             "entered": moved["entered"].get(segment.name, 0),
             "left": moved["left"].get(segment.name, 0),
             "members": counts.sizes.setdefault(segment.name, 0),
         }
-    run.members, run.sizes, run.finished_at = counts.members, sizes, datetime.now(UTC)
+        for segment in definitions
+    }
+    run.members, run.sizes, run.finished_at = counts.members, per_segment, datetime.now(UTC)
     session.flush()
     return counts
 
