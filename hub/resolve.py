@@ -113,6 +113,15 @@ def _index_key(session: Session) -> str:
     return session.get_bind().engine.url.render_as_string(hide_password=False)
 
 
+def invalidate_indexes(session: Session) -> None:
+    """Golden members changed outside a resolution run (an erasure): every process's index, and the
+    golden count kept with it, is out of date; each rebuilds on its next run."""
+    state, _ = _state(session)
+    state.generation += 1
+    session.flush()
+    forget_index(session)
+
+
 def forget_index(session: Session | None = None) -> None:
     """Drop the in-memory index (all of them without a session): the next run with work rebuilds it."""
     with _LOCK:
@@ -373,8 +382,9 @@ def resolve(session: Session, *, actor: str = "system", settings: Settings | Non
     counts = ResolveCounts()
     prepared = _prepare(session, settings, counts)
     if prepared is None:
-        index = _INDEXES.get(_index_key(session))
-        counts.golden = index.active_golden if index is not None else _active_golden(session)
+        index, state = _INDEXES.get(_index_key(session)), session.get(ResolutionState, 1)  # state: already read
+        current = index is not None and state is not None and index.generation == state.generation
+        counts.golden = index.active_golden if current else _active_golden(session)
         counts.review_queued = _open_reviews(session)
         return counts
     index, scope, changed, state, read = prepared

@@ -13,6 +13,7 @@ from test_resolution_store import golden_of, run, stage
 
 from hub import resolve
 from hub.db import engine_for
+from hub.privacy import requests as privacy
 from hub.resolution import steward
 from hub.tables import (
     GoldenFieldPin,
@@ -162,6 +163,7 @@ def test_a_rolled_back_run_leaves_no_index_behind(sessions):
     with pytest.raises(RuntimeError), sessions() as session, session.begin():
         resolve.resolve(session)
         raise RuntimeError("the caller failed after resolving")
+    assert not resolve._INDEXES  # the index that run changed is gone with its transaction
     assert golden_of(sessions, b) is None and queued(sessions) == {b}
     run(sessions)
     assert golden_of(sessions, b) == golden_of(sessions, a)
@@ -178,3 +180,18 @@ def test_an_index_another_process_has_overtaken_is_rebuilt(sessions):
     (c,) = stage(sessions, [person(2, "2b", email="p2@qq.com", updated_at=datetime(2025, 9, 1, tzinfo=UTC))])
     run(sessions)
     assert golden_of(sessions, c) == golden_of(sessions, b) != golden_of(sessions, a)
+
+
+def test_an_erasure_makes_every_process_rebuild_its_index_and_count(sessions):
+    """Another process's index still holds the erased person and counts them as an active member."""
+    a, _ = stage(sessions, [person(1, "1"), person(2, "2")])
+    assert run(sessions).golden == 2
+    elsewhere = dict(resolve._INDEXES)
+    before = generation(sessions)
+    with sessions() as session, session.begin():
+        privacy.forget(session, golden_of(sessions, a), actor="test")
+    assert generation(sessions) == before + 1
+    resolve._INDEXES.update(elsewhere)
+    assert run(sessions).golden == 1  # the erased member's record leaves the queue
+    resolve._INDEXES.update(elsewhere)  # a process that did not take part in that run either
+    assert run(sessions).golden == 1  # nothing new: its kept count is of an older generation

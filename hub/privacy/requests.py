@@ -365,10 +365,11 @@ def _redact(value: Any) -> Any:
 
 
 def _drop_from_index(session: Session) -> None:
-    """The resolver's in-memory index still holds the erased values: rebuild it on the next run."""
-    from hub.resolve import forget_index
+    """Every process's resolver index still holds the erased values and counts the member as active:
+    each rebuilds it on its next run."""
+    from hub.resolve import invalidate_indexes
 
-    forget_index(session)
+    invalidate_indexes(session)
 
 
 __all__ = ["PII_KEYS", "export", "find_member", "forget", "person_ids"]
