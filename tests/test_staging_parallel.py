@@ -120,11 +120,17 @@ def test_a_second_parallel_run_stages_only_what_changed(sessions, tmp_path, monk
     load(sessions)
     first, _ = run(sessions, tmp_path, 2)
     with sessions() as session, session.begin():
-        store_page(session, "testpos", "members", "id", Page([member(8, name="丽"), member(9)]))
+        store_page(session, "testpos", "members", "id", Page([member(8, name="丽"), member(9, name="娜"), member(10)]))
+    monkeypatch.setattr(staging, "BATCH", 1)  # two changed records: more than one batch, so the workers restage them
+    coordinated = []
+    original = staging_parallel._coordinate
+    monkeypatch.setattr(staging_parallel, "_coordinate", lambda *a: coordinated.append(1) or original(*a))
     again, seen = run(sessions, tmp_path, 2)
-    assert first.members > 0 and (again.members, again.orders, again.quarantined, seen) == (1, 0, 0, [1])
+    assert first.members > 0 and (again.members, again.orders, again.quarantined, seen) == (2, 0, 0, [2])
+    assert coordinated == [1]
     with sessions() as session:
-        assert session.scalar(select(StagedMember.given_name).where(StagedMember.source_id == "8")) == "丽"
+        names = dict(session.execute(select(StagedMember.source_id, StagedMember.given_name)).all())
+    assert (names["8"], names["9"]) == ("丽", "娜")
 
 
 @pytest.mark.postgres
