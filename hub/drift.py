@@ -17,10 +17,12 @@ long by luck is below e^-factor (e^-10 ≈ 0.005 %), so sparse fields do not cry
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -73,7 +75,7 @@ def _walk(value: dict[str, Any], prefix: str, out: set[tuple[str, str]], depth: 
 
 
 @dataclass
-class FieldSeen:
+class _Seen:
     """How often a field path was seen in one staging run, and where last."""
 
     count: int = 0
@@ -84,22 +86,8 @@ class FieldSeen:
 class Discovery:
     """Field paths seen during one staging run, saved to ``stream_fields`` at the end of it."""
 
-    streams: dict[tuple[str, str], dict[tuple[str, str], FieldSeen]] = field(default_factory=dict)
+    streams: dict[tuple[str, str], dict[tuple[str, str], _Seen]] = field(default_factory=dict)
     records: dict[tuple[str, str], int] = field(default_factory=dict)
-
-    def observe(self, connector: str, stream: str, payload: Any) -> None:
-        key = (connector, stream)
-        position = self.records.get(key, 0) + 1
-        self.records[key] = position
-        if not isinstance(payload, dict):
-            return
-        seen = self.streams.setdefault(key, {})
-        for item in field_paths(payload):
-            entry = seen.get(item)
-            if entry is None:
-                entry = seen[item] = FieldSeen()
-            entry.count += 1
-            entry.last = position
 
     def save(self, session: Session, now: datetime | None = None) -> None:
         now = now or utcnow()
@@ -153,6 +141,65 @@ class Discovery:
         session.flush()
         self.streams.clear()
         self.records.clear()
+
+
+_FLAT = frozenset(type_ for type_ in (str, int, float, bool, type(None), Decimal))
+
+
+class FieldsSeen:
+    """The field paths of the records a run read, for ``Discovery``: walked once per
+    distinct shape of flat record (the same keys with values of the same types), not per record."""
+
+    def __init__(self) -> None:
+        # (connector, stream) -> (record ids read, {paths of a record: [records, last record id]})
+        self.streams: dict[tuple[str, str], tuple[list[int], dict[frozenset, list[int]]]] = {}
+        self._shapes: dict[tuple[tuple[str, ...], tuple[type, ...]], frozenset] = {}
+
+    def __getstate__(self) -> dict[str, Any]:  # sent back by staging workers: the counts, not the cache
+        return {"streams": self.streams, "_shapes": {}}
+
+    def observe(self, row: Any) -> None:
+        ids, shapes = self.streams.setdefault((row.source, row.stream), ([], {}))
+        ids.append(row.id)
+        payload = row.payload
+        if not isinstance(payload, dict):
+            return
+        types = tuple(map(type, payload.values()))
+        if _FLAT.issuperset(types):
+            shape = (tuple(payload), types)
+            paths = self._shapes.get(shape)
+            if paths is None:
+                paths = self._shapes[shape] = frozenset(field_paths(payload))
+        else:
+            paths = frozenset(field_paths(payload))
+        entry = shapes.get(paths)
+        if entry is None:
+            shapes[paths] = [1, row.id]
+        else:
+            entry[0] += 1
+            entry[1] = row.id
+
+    @staticmethod
+    def merged(parts: Iterable[FieldsSeen]) -> Discovery:
+        """One run's discovery from what one or more processes read, counted as one process reading
+        the records in source record id order would (positions are ranks in that order)."""
+        parts = list(parts)
+        discovery = Discovery()
+        for key in sorted({key for part in parts for key in part.streams}):
+            ids = sorted(record_id for part in parts if key in part.streams for record_id in part.streams[key][0])
+            discovery.records[key] = len(ids)
+            items: dict[tuple[str, str], list[int]] = {}
+            for part in parts:
+                for paths, (count, last) in part.streams.get(key, ([], {}))[1].items():
+                    for item in paths:
+                        entry = items.setdefault(item, [0, 0])
+                        entry[0] += count
+                        entry[1] = max(entry[1], last)
+            if items:
+                discovery.streams[key] = {
+                    item: _Seen(count=count, last=bisect_right(ids, last)) for item, (count, last) in items.items()
+                }
+        return discovery
 
 
 def discovered_fields(session: Session) -> dict[tuple[str, str], dict[str, set[str]]]:

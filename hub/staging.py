@@ -24,7 +24,6 @@ same results as one process.
 from __future__ import annotations
 
 import os
-from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -35,7 +34,7 @@ from sqlalchemy import bindparam, delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from hub.db import insert_many
-from hub.drift import Discovery, FieldSeen, field_paths
+from hub.drift import FieldsSeen
 from hub.normalise import (
     EMAIL_PROVIDERS,
     check_birthday,
@@ -158,65 +157,6 @@ def stage(
             on_batch(len(rows))
     FieldsSeen.merged([seen]).save(session)
     return counts
-
-
-_FLAT = frozenset(type_ for type_ in (str, int, float, bool, type(None), Decimal))
-
-
-class FieldsSeen:
-    """The field paths of the records a run read, for ``hub.drift.Discovery``: walked once per
-    distinct shape of flat record (the same keys with values of the same types), not per record."""
-
-    def __init__(self) -> None:
-        # (connector, stream) -> (record ids read, {paths of a record: [records, last record id]})
-        self.streams: dict[tuple[str, str], tuple[list[int], dict[frozenset, list[int]]]] = {}
-        self._shapes: dict[tuple[tuple[str, ...], tuple[type, ...]], frozenset] = {}
-
-    def __getstate__(self) -> dict[str, Any]:  # sent back by staging workers: the counts, not the cache
-        return {"streams": self.streams, "_shapes": {}}
-
-    def observe(self, row: Any) -> None:
-        ids, shapes = self.streams.setdefault((row.source, row.stream), ([], {}))
-        ids.append(row.id)
-        payload = row.payload
-        if not isinstance(payload, dict):
-            return
-        types = tuple(map(type, payload.values()))
-        if _FLAT.issuperset(types):
-            shape = (tuple(payload), types)
-            paths = self._shapes.get(shape)
-            if paths is None:
-                paths = self._shapes[shape] = frozenset(field_paths(payload))
-        else:
-            paths = frozenset(field_paths(payload))
-        entry = shapes.get(paths)
-        if entry is None:
-            shapes[paths] = [1, row.id]
-        else:
-            entry[0] += 1
-            entry[1] = row.id
-
-    @staticmethod
-    def merged(parts: Iterable[FieldsSeen]) -> Discovery:
-        """One run's discovery from what one or more processes read, counted as one process reading
-        the records in source record id order would (positions are ranks in that order)."""
-        parts = list(parts)
-        discovery = Discovery()
-        for key in sorted({key for part in parts for key in part.streams}):
-            ids = sorted(record_id for part in parts if key in part.streams for record_id in part.streams[key][0])
-            discovery.records[key] = len(ids)
-            items: dict[tuple[str, str], list[int]] = {}
-            for part in parts:
-                for paths, (count, last) in part.streams.get(key, ([], {}))[1].items():
-                    for item in paths:
-                        entry = items.setdefault(item, [0, 0])
-                        entry[0] += count
-                        entry[1] = max(entry[1], last)
-            if items:
-                discovery.streams[key] = {
-                    item: FieldSeen(count=count, last=bisect_right(ids, last)) for item, (count, last) in items.items()
-                }
-        return discovery
 
 
 def stage_records(
@@ -615,7 +555,6 @@ __all__ = [
     "EXTRA_MEMBER_FIELDS",
     "PENDING",
     "Claims",
-    "FieldsSeen",
     "Rejected",
     "StageCounts",
     "StageOptions",

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from hub import staging
 from hub.db import forget_inherited_engines
-from hub.drift import Discovery
+from hub.drift import Discovery, FieldsSeen
 from hub.tables import QuarantineRow, SourceRecordRow, StagedMember, StagedOrder
 from mappings import Mapping, load_mapping
 
@@ -135,7 +135,7 @@ def _coordinate(
     if written:
         _report(on_batch, written)
     counts = staging.StageCounts()
-    seen: list[staging.FieldsSeen] = []
+    seen: list[FieldsSeen] = []
     for pipe in pipes:
         _send(pipe, ("end", None))
         part_counts, part_seen = _receive(pipe)
@@ -144,7 +144,7 @@ def _coordinate(
         for key, number in part_counts.failures.items():
             counts.failures[key] = counts.failures.get(key, 0) + number
         seen.append(part_seen)
-    return counts, staging.FieldsSeen.merged(seen)
+    return counts, FieldsSeen.merged(seen)
 
 
 def _report(on_batch: Callable[[int], None] | None, records: int) -> None:
@@ -211,7 +211,7 @@ def _serve(
     tables: staging.Claims,  # only which tables were empty: the caller settles the claims
 ) -> None:
     counts = staging.StageCounts()
-    seen = staging.FieldsSeen()
+    seen = FieldsSeen()
     while True:
         kind, ids = pipe.recv()
         if kind == "end":
