@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from sqlalchemy import BigInteger, Select, bindparam, cast, func, or_, select, true, union
 from sqlalchemy.orm import Session
 
-from hub.normalise import check_email, check_phone
+from hub.normalise import EMAIL_PROVIDERS, email_key, phone_e164
 from hub.privacy import blind_index
 from hub.resolution.text import has_han, pinyin
 from hub.tables import (
@@ -30,6 +30,7 @@ from hub.tables import (
     StagedMember,
     TierAssignmentRow,
 )
+from schemas.errors import ConfigError, closest
 
 _STAGED, _LINKS, _GOLDEN = StagedMember.__table__, MemberLink.__table__, GoldenMember.__table__
 _LEDGER, _TIERS, _ACCESS = LedgerEntryRow.__table__, TierAssignmentRow.__table__, AccessState.__table__
@@ -60,13 +61,20 @@ class ContactRules:
 
     @classmethod
     def of(cls, programme: Any) -> ContactRules:
+        """memberhub.yaml's rules; an ``email_rewrite`` provider whose variants are not known is refused."""
+        for provider in programme.email_rewrite:
+            if provider != "*" and provider not in EMAIL_PROVIDERS:
+                close = closest(provider, EMAIL_PROVIDERS, cutoff=0.8)
+                raise ConfigError(
+                    f"programme.email_rewrite: {provider!r} is not a mail provider whose address variants are known"
+                    + (f"; did you mean {close!r}?" if close else "")
+                    + f" (known: {', '.join(sorted(EMAIL_PROVIDERS))}; '*' for all of them)"
+                )
         return cls(programme.default_region, frozenset(programme.email_rewrite))
 
     def value(self, kind: str, raw: str) -> str | None:
         """The normalised phone (E.164) or e-mail, or None when it is not a valid one."""
-        if kind == "phone":
-            return check_phone(raw, self.region).value
-        return check_email(raw, rewrite=self.email_rewrite).value
+        return phone_e164(raw, self.region) if kind == "phone" else email_key(raw, rewrite=self.email_rewrite)
 
 
 def contact_key(kind: str, raw: str, rules: ContactRules = ContactRules()) -> str | None:

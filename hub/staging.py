@@ -36,7 +36,6 @@ from sqlalchemy.orm import Session
 from hub.db import insert_many
 from hub.drift import FieldsSeen
 from hub.normalise import (
-    EMAIL_PROVIDERS,
     check_birthday,
     check_email,
     check_phone,
@@ -50,11 +49,12 @@ from hub.normalise import (
     split_address,
 )
 from hub.privacy.guard import protect_members
+from hub.search import ContactRules
 from hub.tables import QuarantineRow, SourceRecordRow, StagedMember, StagedOrder, utcnow
 from mappings import Mapping
 from schemas import Member, Order
 from schemas.config import ProgrammeConfig
-from schemas.errors import ConfigError, MappingError, closest
+from schemas.errors import MappingError
 
 BATCH = 2000
 EXTRA_MEMBER_FIELDS = ("resident_id", "address", "province", "district")
@@ -81,16 +81,10 @@ class StageOptions:
 
     @classmethod
     def of(cls, programme: ProgrammeConfig) -> StageOptions:
-        """The options memberhub.yaml sets: ``programme.default_region``, ``programme.email_rewrite``."""
-        for provider in programme.email_rewrite:
-            if provider != "*" and provider not in EMAIL_PROVIDERS:
-                close = closest(provider, EMAIL_PROVIDERS, cutoff=0.8)
-                raise ConfigError(
-                    f"programme.email_rewrite: {provider!r} is not a mail provider whose address variants are known"
-                    + (f"; did you mean {close!r}?" if close else "")
-                    + f" (known: {', '.join(sorted(EMAIL_PROVIDERS))}; '*' for all of them)"
-                )
-        return cls(region=programme.default_region, email_rewrite=frozenset(programme.email_rewrite))
+        """The options memberhub.yaml sets: ``programme.default_region``, ``programme.email_rewrite``
+        (checked as search and lookups read them, ``hub.search.ContactRules``)."""
+        rules = ContactRules.of(programme)
+        return cls(region=rules.region, email_rewrite=rules.email_rewrite)
 
 
 @dataclass

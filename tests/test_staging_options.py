@@ -8,6 +8,7 @@ from connectors import Page
 from hub import staging
 from hub.config import load_config
 from hub.ingest import store_page
+from hub.search import ContactRules
 from hub.service import Hub
 from hub.staging import StageOptions
 from hub.tables import StagedMember
@@ -77,6 +78,10 @@ def test_unknown_providers_are_refused(tmp_path, programme, message):
     with pytest.raises(ConfigError) as raised:
         options_from(tmp_path, programme)
     assert message in str(raised.value)
+    if "pattern" not in message:  # search and lookups read the setting as staging does, and refuse it alike
+        path = tmp_path / "memberhub.yaml"
+        with pytest.raises(ConfigError, match="is not a mail provider"):
+            ContactRules.of(load_config(path).programme)
 
 
 @pytest.mark.parametrize("rewrite", [None, "[gmail.com]"])
