@@ -34,17 +34,12 @@ def engine_for(url: str | None = None) -> Engine:
     return engine
 
 
-def dispose_engines() -> None:
-    """Close every pooled connection this process opened (the tests do it after each test)."""
+def dispose_engines(*, close: bool = True) -> None:
+    """Close every pooled connection this process opened (the tests do it after each test).
+    ``close=False`` in a forked child: drop the parent's pools without closing their connections,
+    which the parent is still using (SQLAlchemy's advice for os.fork)."""
     while _ENGINES:
-        _ENGINES.popitem()[1].dispose()
-
-
-def forget_inherited_engines() -> None:
-    """In a forked child: drop the parent's pools without closing their connections, which the
-    parent is still using (SQLAlchemy's advice for os.fork)."""
-    while _ENGINES:
-        _ENGINES.popitem()[1].dispose(close=False)
+        _ENGINES.popitem()[1].dispose(close=close)
 
 
 def _create_engine(url: str) -> Engine:

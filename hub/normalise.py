@@ -19,7 +19,7 @@ import os
 import re
 import time
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -155,7 +155,7 @@ providers to rewrite (or ``"*"`` for all of these): two people may legitimately 
 a provider that does not ignore them, and a steward should choose to fold them."""
 
 
-def check_email(raw: Any, *, rewrite: Iterable[str] = ()) -> Parsed[str]:
+def check_email(raw: Any, *, rewrite: Collection[str] = ()) -> Parsed[str]:
     """Trimmed, lower-cased, syntax-checked. ``rewrite`` names providers (e.g. ``{"gmail.com"}`` or
     ``{"*"}``) whose dots and plus tags are folded, so j.smith+shop@gmail.com → jsmith@gmail.com."""
     if raw is None or isinstance(raw, bool):
@@ -185,7 +185,7 @@ def check_email(raw: Any, *, rewrite: Iterable[str] = ()) -> Parsed[str]:
     if (
         provider is not None
         and rewrite
-        and ("*" in (rules := set(rewrite)) or domain in rules or provider.canonical_domain in rules)
+        and ("*" in rewrite or domain in rewrite or provider.canonical_domain in rewrite)
     ):
         if provider.tag_separator:
             local = local.split(provider.tag_separator, 1)[0] or local
@@ -195,7 +195,7 @@ def check_email(raw: Any, *, rewrite: Iterable[str] = ()) -> Parsed[str]:
     return Parsed(text)
 
 
-def email_key(raw: str | None, *, rewrite: Iterable[str] = ()) -> str | None:
+def email_key(raw: str | None, *, rewrite: Collection[str] = ()) -> str | None:
     """Trimmed and lower-cased; None when it is not an address at all."""
     return check_email(raw, rewrite=rewrite).value
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from typing import Any
 
@@ -76,7 +76,7 @@ class StageOptions:
     family_first: bool = False
     workers: int | None = None
     """Processes that stage at once, each over its own slice of the pending records with its own
-    connection (``hub.staging.parallel``). None: one per CPU on PostgreSQL, one elsewhere (SQLite
+    connection (``hub.staging_parallel``). None: one per CPU on PostgreSQL, one elsewhere (SQLite
     has one writer)."""
 
     @classmethod
@@ -95,6 +95,13 @@ class StageCounts:
     released: int = 0  # records that left quarantine because they now map cleanly
     flagged: int = 0  # staged members with at least one value dropped or kept raw
     failures: dict[str, int] = field(default_factory=dict)  # "source.stream field" -> quarantined this run
+
+    def add(self, other: StageCounts) -> None:
+        """Another process's counts for the same run, added to these."""
+        for name in (f.name for f in fields(self) if f.name != "failures"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for key, number in other.failures.items():
+            self.failures[key] = self.failures.get(key, 0) + number
 
 
 class Rejected(Exception):
@@ -315,8 +322,8 @@ def _mark_staged(session: Session, rows: Sequence[Any]) -> None:
 
 
 def _existing(session: Session, model: Any, ids: list[int], claims: Claims) -> dict[int, int]:
-    """source record id -> primary key of the row already staged (or quarantined) for it. None when
-    the table was empty when the run started: a run stages each record once, so the rows it wrote
+    """source record id -> primary key of the row already staged (or quarantined) for it. Nothing
+    is looked up when the table was empty when the run started: a run stages each record once, so the rows it wrote
     itself are other records' (and a first load skips a lookup that, without statistics on the
     fresh table, PostgreSQL answers with a scan of it)."""
     if claims.table_was_empty(session, model):

@@ -24,7 +24,7 @@ import logging
 import multiprocessing
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hub import staging
-from hub.db import forget_inherited_engines
+from hub.db import dispose_engines
 from hub.drift import Discovery, FieldsSeen
 from hub.tables import QuarantineRow, SourceRecordRow, StagedMember, StagedOrder
 from mappings import Mapping, load_mapping
@@ -88,7 +88,7 @@ def stage_parallel(
 
 
 def _one_process(options: staging.StageOptions) -> staging.StageOptions:
-    return staging.StageOptions(**{**asdict(options), "workers": 1})
+    return replace(options, workers=1)
 
 
 def _coordinate(
@@ -139,10 +139,7 @@ def _coordinate(
     for pipe in pipes:
         _send(pipe, ("end", None))
         part_counts, part_seen = _receive(pipe)
-        for name in ("members", "orders", "quarantined", "released", "flagged"):
-            setattr(counts, name, getattr(counts, name) + getattr(part_counts, name))
-        for key, number in part_counts.failures.items():
-            counts.failures[key] = counts.failures.get(key, 0) + number
+        counts.add(part_counts)
         seen.append(part_seen)
     return counts, FieldsSeen.merged(seen)
 
@@ -180,7 +177,7 @@ def _work(
     tables: staging.Claims,
 ) -> None:
     try:
-        forget_inherited_engines()
+        dispose_engines(close=False)
         mappings = _compile(paths)
         engine = sa.create_engine(url, pool_size=1)  # its own connection, never one of the caller's pool
         with Session(engine) as session:
