@@ -55,18 +55,23 @@ def _rewrite(bind: sa.Connection, change) -> None:  # type: ignore[no-untyped-de
     keys = (EVENTS.c.destination, EVENTS.c.event_id)
     last: tuple | None = None
     while True:
-        query = sa.select(*keys, EVENTS.c.payload).order_by(*keys).limit(BATCH)
+        query = sa.select(*keys, EVENTS.c.payload).where(EVENTS.c.payload.is_not(None)).order_by(*keys).limit(BATCH)
         if last is not None:
             query = query.where(sa.tuple_(*keys) > sa.tuple_(*last))
         rows = bind.execute(query).all()
         if not rows:
             return
-        for destination, event_id, value in rows:
-            changed = change(value) if value is not None else None
-            if changed is not None:
-                bind.execute(
-                    EVENTS.update()
-                    .where(EVENTS.c.destination == destination, EVENTS.c.event_id == event_id)
-                    .values(payload=changed)
-                )
+        updates = [
+            {"k_destination": destination, "k_event_id": event_id, "v_payload": changed}
+            for destination, event_id, value in rows
+            if (changed := change(value)) is not None
+        ]
+        if updates:  # one executemany a batch
+            bind.execute(
+                EVENTS.update()
+                .where(EVENTS.c.destination == sa.bindparam("k_destination"))
+                .where(EVENTS.c.event_id == sa.bindparam("k_event_id"))
+                .values(payload=sa.bindparam("v_payload")),
+                updates,
+            )
         last = (rows[-1][0], rows[-1][1])
