@@ -147,17 +147,13 @@ def _match_records(session: Session, ids: Iterable[int] | None = None) -> dict[i
         present.append(CONSTRAINED)
         names.append(CONSTRAINED)
     query = select(StagedMember.id, *columns).order_by(StagedMember.id)
-    if ids is None:
-        chunks = [session.execute(query)]
-    else:
-        chunks = [session.execute(query.where(_among(session, StagedMember.id, c))) for c in _chunks(session, ids)]
+    rows = session.execute(query) if ids is None else _rows_in_chunks(session, query, StagedMember.id, ids)
     records = {}
-    for rows in chunks:
-        for row in rows:
-            found = dict(zip(present, row[1:], strict=True))
-            records[row[0]] = {f: found.get(f) for f in names}
-            if extra:
-                records[row[0]]["id"] = row[0]
+    for row in rows:
+        found = dict(zip(present, row[1:], strict=True))
+        records[row[0]] = {f: found.get(f) for f in names}
+        if extra:
+            records[row[0]]["id"] = row[0]
     return records
 
 
@@ -236,13 +232,7 @@ def _constraints(session: Session, ids: set[int] | None) -> tuple[set[tuple[int,
     if ids is None:
         rows = list(session.execute(query))
     else:
-        rows = []
-        for chunk in _chunks(session, ids):
-            where = or_(
-                _among(session, MatchConstraint.staged_member_a, chunk),
-                _among(session, MatchConstraint.staged_member_b, chunk),
-            )
-            rows.extend(session.execute(query.where(where)))
+        rows = _rows_in_chunks(session, query, (MatchConstraint.staged_member_a, MatchConstraint.staged_member_b), ids)
     must, cannot = set(), set()
     for kind, a, b in rows:
         (must if kind == "must_link" else cannot).add((a, b))
@@ -511,11 +501,12 @@ def _chunks(session: Session, ids: Iterable[Any]) -> list[list[Any]]:
     return [ids[i : i + size] for i in range(0, len(ids), size)]
 
 
-def _rows_in_chunks(session: Session, query: Any, column: Any, ids: Iterable[Any]) -> list[Any]:
-    """The rows of a Core ``query`` whose ``column`` is one of ``ids``."""
+def _rows_in_chunks(session: Session, query: Any, columns: Any, ids: Iterable[Any]) -> list[Any]:
+    """The rows of a Core ``query`` where ``columns`` (one column, or a tuple: any of them) is one of ``ids``."""
+    columns = columns if isinstance(columns, tuple) else (columns,)
     out: list[Any] = []
     for chunk in _chunks(session, ids):
-        out.extend(session.execute(query.where(_among(session, column, chunk))))
+        out.extend(session.execute(query.where(or_(*(_among(session, column, chunk) for column in columns)))))
     return out
 
 
@@ -665,10 +656,7 @@ def _review_queue(session: Session, resolver: Resolver, scope: set[int] | None, 
     if scope is None:
         found = list(session.execute(query))
     else:
-        found = []
-        for chunk in _chunks(session, scope):
-            where = or_(_among(session, t.c.staged_member_a, chunk), _among(session, t.c.staged_member_b, chunk))
-            found.extend(session.execute(query.where(where)))
+        found = _rows_in_chunks(session, query, (t.c.staged_member_a, t.c.staged_member_b), scope)
     existing = {(a, b): (item_id, status, weight) for a, b, item_id, status, weight in found}
     closed = [
         {"id": item_id, "status": "obsolete", "updated_at": now}
