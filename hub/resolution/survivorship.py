@@ -88,8 +88,8 @@ def rule_named(name: str) -> Rule:
 def choose(cands: Sequence[Candidate], rule: FieldRule) -> tuple[Candidate | None, str]:
     """The winning candidate and the name of the rule that decided."""
     present = [c for c in cands if c.value not in (None, "")]
-    if not present:
-        return None, rule.rule
+    if len(present) <= 1:  # nothing to decide (most members have one record)
+        return (present[0] if present else None), rule.rule
     narrowed = rule_named(rule.rule)(present, rule)
     decided_by = rule.rule
     if len(narrowed) > 1 and rule.then:
@@ -118,21 +118,11 @@ def survive(
             lineage[name] = {"rule": "steward_pin", "pinned_by": pin.get("by"), "pinned_at": pin.get("at")}
             continue
         rule = config.rule_for(name)
-        if len(records) == 1:  # what choose() gives one candidate, without building it
-            record = records[0]
-            value = record.get(name)
-            winner = (
-                None
-                if value in (None, "")
-                else Candidate(record["id"], record["source"], record["source_id"], value, None, None)
-            )
-            decided_by = rule.rule
-        else:
-            cands = [
-                Candidate(r["id"], r["source"], r["source_id"], r.get(name), r.get("updated_at"), r.get("created_at"))
-                for r in records
-            ]
-            winner, decided_by = choose(cands, rule)
+        cands = [
+            Candidate(r["id"], r["source"], r["source_id"], r.get(name), r.get("updated_at"), r.get("created_at"))
+            for r in records
+        ]
+        winner, decided_by = choose(cands, rule)
         values[name] = winner.value if winner else None
         if winner is not None:
             lineage[name] = {
