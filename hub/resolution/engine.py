@@ -290,20 +290,20 @@ class Resolver:
         ``involving`` when given."""
         out = []
         keys = self.frame.keys
+        at: set[int] | None = None
         if involving is None:
             rows: Iterable[tuple[int, dict[int, float]]] = self.adj.items()
         else:
             position = self.frame.position
             at = {position[k] for k in involving if k in position}
             rows = ((p, self.adj[p]) for p in sorted(at) if p in self.adj)
-        seen = set()
         for p, nbrs in rows:
             for q, w in nbrs.items():
-                pair = (min(p, q), max(p, q))
-                if pair in seen or self.label[p] == self.label[q] or q in self.cannot.get(p, ()):
+                if q < p and (at is None or q in at):  # the pair is met from q's side (adjacency is symmetric)
                     continue
-                seen.add(pair)
-                out.append((keys[pair[0]], keys[pair[1]], w))
+                if self.label[p] == self.label[q] or q in self.cannot.get(p, ()):
+                    continue
+                out.append((keys[min(p, q)], keys[max(p, q)], w))
         return sorted(out, key=lambda t: (-t[2], str(t[0]), str(t[1])))
 
     def stats(self) -> dict[str, Any]:
