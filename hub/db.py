@@ -133,7 +133,7 @@ def update_many(session: Session, table: sa.Table, key: str, rows: list[dict[str
     """UPDATE the rows whose ``key`` column has each row's ``key`` value, with the row's other values
     (all rows with the same keys), converted by the columns' own types. On PostgreSQL one
     ``UPDATE … FROM unnest(…)`` with an array per column (an executemany sent every row as a
-    statement of its own); executemany elsewhere."""
+    statement of its own); executemany elsewhere, the driver's own when no value needs converting."""
     if not rows:
         return
     connection = session.connection()
@@ -142,7 +142,13 @@ def update_many(session: Session, table: sa.Table, key: str, rows: list[dict[str
     if dialect.name != "postgresql":
         values = {name: bindparam(f"v_{name}") for name in names if name != key}
         statement = update(table).where(table.c[key] == bindparam(f"v_{key}")).values(values)
-        connection.execute(statement, [{f"v_{name}": value for name, value in row.items()} for row in rows])
+        compiled = statement.compile(dialect=dialect)
+        plain = all(table.c[name].type.dialect_impl(dialect).bind_processor(dialect) is None for name in names)
+        if plain and compiled.positional:  # the driver's executemany: a third of Core's cost per row
+            order = [param[2:] for param in compiled.positiontup or ()]
+            connection.exec_driver_sql(str(compiled), [tuple(row[name] for name in order) for row in rows])
+        else:
+            connection.execute(statement, [{f"v_{name}": value for name, value in row.items()} for row in rows])
         return
     arrays, casts = [], []
     for name in names:

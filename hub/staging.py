@@ -30,10 +30,10 @@ from decimal import Decimal
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import bindparam, delete, insert, or_, select, update
+from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from hub.db import insert_many
+from hub.db import insert_many, update_many
 from hub.drift import FieldsSeen
 from hub.normalise import (
     check_birthday,
@@ -301,24 +301,8 @@ def _postgres(session: Session) -> bool:
 
 
 def _mark_staged(session: Session, rows: Sequence[Any]) -> None:
-    if _postgres(session):  # one UPDATE … FROM unnest(ids, hashes): two array parameters, not 2×N
-        session.connection().exec_driver_sql(
-            "UPDATE source_records SET staged_hash = marked.digest"
-            " FROM unnest(%(ids)s::bigint[], %(digests)s::text[]) AS marked(record_id, digest)"
-            " WHERE source_records.id = marked.record_id",
-            {"ids": [row.id for row in rows], "digests": [row.content_hash for row in rows]},
-        )
-        return
-    if session.get_bind().dialect.name == "sqlite":
-        session.connection().exec_driver_sql(
-            "UPDATE source_records SET staged_hash = ? WHERE id = ?", [(row.content_hash, row.id) for row in rows]
-        )
-        return
-    records = SourceRecordRow.__table__
-    session.execute(
-        update(records).where(records.c.id == bindparam("record_id")).values(staged_hash=bindparam("digest")),
-        [{"record_id": row.id, "digest": row.content_hash} for row in rows],
-    )
+    digests = [{"id": row.id, "staged_hash": row.content_hash} for row in rows]
+    update_many(session, SourceRecordRow.__table__, "id", digests)
 
 
 def _existing(session: Session, model: Any, ids: list[int], claims: Claims) -> dict[int, int]:
