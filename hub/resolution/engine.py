@@ -537,10 +537,10 @@ class Resolver:
         # A cluster is held together by its links (or must-links): when a dirty record's links were
         # dropped, their other ends became seeds, so walking the links from the seeds reaches every
         # record of every cluster that may change, and every record that may join one.
-        region = self._reach(seeds)
-        self._cluster_region(sorted(region), update)
+        region = sorted(self._reach(seeds))
+        self._cluster_region(region, update)
         keys, alive = self.frame.keys, self.frame.alive.a
-        update.touched = [keys[p] for p in sorted(region) if alive[p]]
+        update.touched = [keys[p] for p in region if alive[p]]
 
     def _linked(self, p: int) -> Iterable[int]:
         merge_w = self.merge_w
