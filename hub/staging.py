@@ -387,13 +387,24 @@ def _claim_source_ids(
     by another source record is quarantined, rather than failing the whole batch on the constraint."""
     if not staged:
         return
-    table = model.__tablename__
+    wanted = claimed(staged)
+    claims.look_up(session, model, [(source, source_id) for _, source, source_id in wanted])
+    drop_taken(staged, claims.settle(model.__tablename__, wanted), rows, failed)
+
+
+def claimed(staged: dict[int, dict[str, Any]]) -> list[tuple[int, str, str]]:
+    """(source record id, source, source id) of each staged row: the ids the records claim."""
+    return [(record_id, values["source"], values["source_id"]) for record_id, values in staged.items()]
+
+
+def drop_taken(
+    staged: dict[int, dict[str, Any]], taken: dict[int, tuple[str, int]], rows: Sequence[Any], failed: Failed
+) -> None:
+    """Records whose id another source record holds leave ``staged`` for quarantine, in staged order."""
     by_id = {row.id: row for row in rows}
-    claims.look_up(session, model, [(values["source"], values["source_id"]) for values in staged.values()])
-    wanted = [(record_id, values["source"], values["source_id"]) for record_id, values in staged.items()]
-    taken = claims.settle(table, wanted)
-    for record_id, (source_id, owner) in taken.items():
+    for record_id in [record_id for record_id in staged if record_id in taken]:
         del staged[record_id]
+        source_id, owner = taken[record_id]
         failed[record_id] = (by_id[record_id], taken_reason(source_id, owner), None)
 
 

@@ -221,20 +221,14 @@ def _serve(
             for row in rows:
                 seen.observe(row)
             members, orders, failed = staging.prepare_rows(session, rows, mappings, kinds, options)
-            pipe.send(("claims", {"staged_members": _claims(members), "staged_orders": _claims(orders)}))
+            pipe.send(
+                ("claims", {"staged_members": staging.claimed(members), "staged_orders": staging.claimed(orders)})
+            )
             kind, taken = pipe.recv()
-            by_id = {row.id: row for row in rows}
             for staged in (members, orders):  # in the order one process quarantines them
-                for record_id in [record_id for record_id in staged if record_id in taken]:
-                    del staged[record_id]
-                    source_id, owner = taken[record_id]
-                    failed[record_id] = (by_id[record_id], staging.taken_reason(source_id, owner), None)
+                staging.drop_taken(staged, taken, rows, failed)
             staging.write_rows(session, rows, members, orders, failed, counts, tables)
         pipe.send(("written", len(rows)))
-
-
-def _claims(staged: dict[int, dict[str, Any]]) -> list[tuple[int, str, str]]:
-    return [(record_id, values["source"], values["source_id"]) for record_id, values in staged.items()]
 
 
 __all__ = ["stage_parallel"]
