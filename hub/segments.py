@@ -79,8 +79,6 @@ _ARITHMETIC = (exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Mod)
 TOP_LEVEL = ("tag_prefix", "segments", "triggers")
 SEGMENT_KEYS = ("label", "description", "rule", "tag", "writeback")
 DEFAULT_TAG_PREFIX = "MH-"
-RECOMPUTED_TABLES = ("segment_memberships", "segment_history", "segment_runs", *metrics.TABLES)
-"""Everything ``recompute`` writes: emptied, the next run starts from nothing (benchmarks, resets)."""
 
 
 class SegmentFileError(ConfigError):

@@ -689,7 +689,9 @@ class MemberMetrics(Base):
 
 
 class MemberStoreRfm(Base):
-    """RFM per store: a member's recency, frequency and spend at one store, scored among that store's buyers."""
+    """RFM per store: a member's recency, frequency and spend at one store, scored among that store's
+    buyers. The facts are kept between runs and recomputed for the members ``order_facts_queue``
+    names; every run scores them again (the scores are NULL only inside a run, between the two)."""
 
     __tablename__ = "member_store_rfm"
 
@@ -700,9 +702,41 @@ class MemberStoreRfm(Base):
     spend: Mapped[float] = mapped_column(Numeric(18, 2, asdecimal=False))
     first_order_at: Mapped[datetime] = mapped_column()
     last_order_at: Mapped[datetime] = mapped_column()
-    r_score: Mapped[int] = mapped_column(Integer)
-    f_score: Mapped[int] = mapped_column(Integer)
-    m_score: Mapped[int] = mapped_column(Integer)
+    r_score: Mapped[int | None] = mapped_column(Integer)
+    f_score: Mapped[int | None] = mapped_column(Integer)
+    m_score: Mapped[int | None] = mapped_column(Integer)
+
+
+class MemberOrderTotals(Base):
+    """A buyer's orders summed over their stores (``member_store_rfm``), kept with it: what the member
+    view reads instead of every per-store row. ``favourite_store``: most orders, then the latest, then
+    the lowest code."""
+
+    __tablename__ = "member_order_totals"
+
+    member_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    orders: Mapped[int] = mapped_column(BigInteger)
+    store_orders: Mapped[int] = mapped_column(BigInteger, doc="of them, till orders")
+    spend: Mapped[float] = mapped_column(Numeric(18, 2, asdecimal=False))
+    first_order_at: Mapped[datetime] = mapped_column()
+    last_order_at: Mapped[datetime] = mapped_column()
+    stores: Mapped[int] = mapped_column(Integer)
+    favourite_store: Mapped[str] = mapped_column(String(32))
+
+
+class OrderFactsQueueRow(Base):
+    """Whose order facts to recompute: a golden member (``member_id``) or a source customer (``source``,
+    ``member_source_id``: whoever it belongs to when the run reads it). Database triggers (migration
+    0014_9) add a row when an order is inserted, updated or deleted, a link is made, moved or removed,
+    or a golden member's status changes; a segments run takes the rows it reads away in its own
+    transaction. No foreign keys: what was deleted must stay queued."""
+
+    __tablename__ = "order_facts_queue"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    member_id: Mapped[str | None] = mapped_column(String(16))
+    source: Mapped[str | None] = mapped_column(String(64))
+    member_source_id: Mapped[str | None] = mapped_column(String(128))
 
 
 class SegmentRun(Base):

@@ -53,7 +53,7 @@ def engine(request: pytest.FixtureRequest, tmp_path):
 def _scores(connection, *, group: str | None, percentile: bool) -> dict[tuple[str, str], tuple[int, int]]:
     cuts = cut_points("facts", MEASURES, group=group, percentile=percentile)
     join = f"JOIN ({cuts}) AS c ON c.{group} = f.{group}" if group else f"CROSS JOIN ({cuts}) AS c"
-    query = f"SELECT f.grp, f.member, {scores(MEASURES)} FROM facts AS f {join}"
+    query = f"SELECT f.grp, f.member, {', '.join(scores(MEASURES).values())} FROM facts AS f {join}"
     return {(g, m): (int(f), int(w)) for g, m, f, w in connection.execute(text(query))}
 
 

@@ -177,10 +177,11 @@ def test_a_steps_planner_settings_end_with_the_step(postgres_url):
     upgrade(postgres_url)
     with session_scope(postgres_url) as session:
         before = {name: session.scalar(text(f"SHOW {name}")) for name in ("enable_hashagg", "parallel_tuple_cost")}
-        step = next(s for s in metrics.statements(session, as_of=AS_OF, default_tier="regular", store_cities={})
-                    if s.name == "store facts")  # fmt: skip
-        assert "enable_hashagg = off" in step.postgres_settings
-        metrics.run(session, step)
+        steps = metrics.statements(session, as_of=AS_OF, default_tier="regular", store_cities={})
+        upto = next(n for n, s in enumerate(steps) if s.name == "store facts")
+        assert "enable_hashagg = off" in steps[upto].postgres_settings
+        for step in steps[: upto + 1]:
+            metrics.run(session, step)
         after = {name: session.scalar(text(f"SHOW {name}")) for name in before}
         assert after == before
         session.rollback()

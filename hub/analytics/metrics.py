@@ -1,15 +1,17 @@
 """The member view (会员画像): one row per active golden member in ``member_metrics``, and RFM per
-store in ``member_store_rfm``, rebuilt by set-based statements inside the database (``statements``):
-the members' sources, tiers and points are gathered from the hub's tables; the orders are read once,
-into per-store facts (a temporary table); the quintile cut points of each store are taken from those
-and the per-store RFM written with its scores; the member view sums the facts; the chain-wide cut
-points are taken from the members who bought, and the view is written with its scores.
+store in ``member_store_rfm``, brought up to date by set-based statements inside the database
+(``statements``).
 
-Each run recomputes everything from the orders. Day counts move with ``as_of`` and cut points move
-when anyone buys, so every view row is rewritten anyway; what a change-driven run could spare is
-re-reading the orders (the per-store facts) and rewriting the per-store rows, whose scores would then
-be read off stored cut points instead of stored with each row. That needs the facts kept right
-through merges, re-links and late orders (the resolution queue's triggers are the model).
+The orders are summed per member and store (``member_store_rfm``) and per member
+(``member_order_totals``), and those sums are kept between runs: database triggers queue whoever's
+orders, links or golden status changed (``order_facts_queue``, migration 0014_9), and a run
+recomputes the sums of those members only. Then each store's quintile cut points are taken and the
+per-store rows whose scores moved are re-scored; the members' sources, tiers and points are gathered
+from the hub's tables; the member view is written whole (day counts move with ``as_of``, and cut
+points whenever anyone buys), with the chain-wide cut points taken from the members who bought.
+``rebuild`` forgets the kept sums and queues every member, for a run that recomputes all of them. A
+change to what counts (``COUNTED_STATUSES``, ``STORE_CHANNEL``, the sums' definitions) changes every
+kept sum: it ships with a migration that queues every member, as 0014_9 does.
 
 Definitions (the same in hub/segments.yaml, where segment rules read them):
 
@@ -55,16 +57,36 @@ from hub.analytics import sql
 
 COUNTED_STATUSES = ("paid", "partially_refunded")
 STORE_CHANNEL = "pos"
-TABLES = ("member_store_rfm", "member_metrics")
 BYTE_ORDER = 'COLLATE "C"'
 """Member ids in byte order: SQLite's own, and PostgreSQL's fastest (no locale, abbreviated sort keys)."""
 
-_SOLD = """
-owner AS (
+_CHANGED = """
+CREATE TEMPORARY TABLE changed_members (member_id VARCHAR(16) NOT NULL)
+"""
+_QUEUED_MEMBERS = """
+SELECT member_id FROM {queue} WHERE member_id IS NOT NULL
+UNION
+SELECT l.member_id FROM {queue} AS q
+JOIN staged_members AS s ON s.source = q.source AND s.source_id = q.member_source_id
+JOIN member_links AS l ON l.staged_member_id = s.id
+"""
+"""The golden members the queue names: by id, or as the owner of a queued customer now."""
+_TAKE_QUEUE = {
+    # the rows read are the rows deleted: what a transaction committed meanwhile stays queued
+    "postgresql": "WITH taken AS (DELETE FROM order_facts_queue RETURNING member_id, source, member_source_id) "
+    "INSERT INTO changed_members " + _QUEUED_MEMBERS.format(queue="taken"),
+    # SQLite has one writer, and the run already holds the write lock (it emptied the view first)
+    "sqlite": "INSERT INTO changed_members " + _QUEUED_MEMBERS.format(queue="order_facts_queue"),
+}
+
+_STORE_FACTS = """
+INSERT INTO member_store_rfm (member_id, store_code, orders, pos_orders, spend, first_order_at, last_order_at)
+WITH owner AS (
   SELECT s.source, s.source_id, l.member_id
-  FROM staged_members AS s
-  JOIN member_links AS l ON l.staged_member_id = s.id
+  FROM changed_members AS c
+  JOIN member_links AS l ON l.member_id = c.member_id
   JOIN golden_members AS g ON g.member_id = l.member_id AND g.status = 'active'
+  JOIN staged_members AS s ON s.id = l.staged_member_id
 ),
 sold AS (
   SELECT w.member_id, o.store_code, o.channel, o.ordered_at,
@@ -72,17 +94,36 @@ sold AS (
   FROM staged_orders AS o
   JOIN owner AS w ON w.source = o.source AND w.source_id = o.member_source_id
   WHERE o.status IN ({statuses})
-)"""
-
-_STORE_FACTS = """
-CREATE TEMPORARY TABLE store_facts AS
-WITH {sold}
-SELECT store_code, member_id, COUNT(*) AS orders, SUM(net) AS spend, MIN(ordered_at) AS first_order_at,
-       MAX(ordered_at) AS last_order_at, SUM(CASE WHEN channel = {store_channel} THEN 1 ELSE 0 END) AS pos_orders
+)
+SELECT member_id, store_code, COUNT(*), SUM(CASE WHEN channel = {store_channel} THEN 1 ELSE 0 END), SUM(net),
+       MIN(ordered_at), MAX(ordered_at)
 FROM sold GROUP BY member_id, store_code
 ORDER BY member_id COLLATE "C", store_code COLLATE "C"
 """
-"""A member's orders per store, in member order (the per-store RFM's key)."""
+"""The changed members' orders per store, in key order (index inserts append)."""
+
+_MEMBER_TOTALS = """
+INSERT INTO member_order_totals (
+  member_id, orders, store_orders, spend, first_order_at, last_order_at, stores, favourite_store
+)
+SELECT member_id, total_orders, store_orders, total_spend, first_of_all, last_of_all, stores, store_code
+FROM (
+  SELECT r.member_id, r.store_code,
+         ROW_NUMBER() OVER (
+           PARTITION BY r.member_id COLLATE "C" ORDER BY r.orders DESC, r.last_order_at DESC, r.store_code COLLATE "C"
+         ) AS n,
+         SUM(r.orders) OVER (PARTITION BY r.member_id COLLATE "C") AS total_orders,
+         SUM(r.spend) OVER (PARTITION BY r.member_id COLLATE "C") AS total_spend,
+         MIN(r.first_order_at) OVER (PARTITION BY r.member_id COLLATE "C") AS first_of_all,
+         MAX(r.last_order_at) OVER (PARTITION BY r.member_id COLLATE "C") AS last_of_all,
+         COUNT(*) OVER (PARTITION BY r.member_id COLLATE "C") AS stores,
+         SUM(r.pos_orders) OVER (PARTITION BY r.member_id COLLATE "C") AS store_orders
+  FROM member_store_rfm AS r JOIN changed_members AS c ON c.member_id = r.member_id
+) AS ranked
+WHERE n = 1
+ORDER BY member_id COLLATE "C"
+"""
+"""The changed members' per-store sums summed again, with the favourite store."""
 
 STORE_MEASURES = {"r": "last_order_at", "f": "orders", "m": "spend"}
 CHAIN_MEASURES = {**STORE_MEASURES, "aov": "avg_order_value"}
@@ -90,13 +131,12 @@ CHAIN_MEASURES = {**STORE_MEASURES, "aov": "avg_order_value"}
 CUTS = (1, 2, 3, 4)
 """Quintile cut s is the value at position ceil(s × n / 5) of the n sorted values."""
 
-_STORE_RFM = """
-INSERT INTO member_store_rfm (
-  store_code, member_id, orders, pos_orders, spend, first_order_at, last_order_at, r_score, f_score, m_score
-)
-SELECT f.store_code, f.member_id, f.orders, f.pos_orders, f.spend, f.first_order_at, f.last_order_at, {scores}
-FROM store_facts AS f JOIN store_cuts AS c ON c.store_code = f.store_code
+_STORE_SCORES = """
+UPDATE member_store_rfm AS f SET {assign}
+FROM store_cuts AS c
+WHERE c.store_code = f.store_code AND ({moved})
 """
+"""Only the rows whose scores moved are written."""
 
 _MEMBER_SOURCES = """
 CREATE TEMPORARY TABLE member_sources AS
@@ -124,41 +164,32 @@ WHERE g.status = 'active'
 """Every active golden member with what the source systems and the ledger say of them: read from the
 hub's own tables only, so PostgreSQL may share the joins with parallel workers."""
 
-_MEMBER_BASE = """
-CREATE TEMPORARY TABLE member_base AS
-WITH per_member AS (
-  SELECT member_id, store_code AS favourite_store, total_orders AS orders, total_spend AS spend,
-         first_of_all AS first_order_at, last_of_all AS last_order_at, stores, store_orders
-  FROM (
-    SELECT member_id, store_code,
-           ROW_NUMBER() OVER (
-             PARTITION BY member_id COLLATE "C" ORDER BY orders DESC, last_order_at DESC, store_code COLLATE "C"
-           ) AS n,
-           CAST(SUM(orders) OVER (PARTITION BY member_id COLLATE "C") AS BIGINT) AS total_orders,
-           SUM(spend) OVER (PARTITION BY member_id COLLATE "C") AS total_spend,
-           MIN(first_order_at) OVER (PARTITION BY member_id COLLATE "C") AS first_of_all,
-           MAX(last_order_at) OVER (PARTITION BY member_id COLLATE "C") AS last_of_all,
-           COUNT(*) OVER (PARTITION BY member_id COLLATE "C") AS stores,
-           CAST(SUM(pos_orders) OVER (PARTITION BY member_id COLLATE "C") AS BIGINT) AS store_orders
-    FROM store_facts
-  ) AS ranked WHERE n = 1
-),
-store_city (code, city) AS (VALUES {stores})
+_AVG_ORDER_VALUE = "CAST({p}.spend AS DECIMAL(18, 4)) / CAST({p}.orders AS DECIMAL(18, 4))"
+_OWN_INTERVAL = """CASE WHEN {p}.orders > 1
+  THEN CAST(EPOCH({p}.last_order_at) - EPOCH({p}.first_order_at) AS DOUBLE) / 86400 / ({p}.orders - 1) END"""
+"""A buyer's own typical gap between orders, in days (the churn basis when they have one)."""
+_BUYERS = f"""
+SELECT p.last_order_at, p.orders, p.spend, {_AVG_ORDER_VALUE.format(p="p")} AS avg_order_value,
+       {_OWN_INTERVAL.format(p="p")} AS own_interval
+FROM member_order_totals AS p
+"""
+"""Every member with at least one order (totals are kept for active members only): what the chain's
+cut points and average gap are taken from."""
+
+_MEMBER_BASE = f"""
 SELECT m.member_id, m.tier, m.city, COALESCE(m.enrolled_store, p.favourite_store) AS home_store,
        sc.city AS home_store_city, m.birthday, m.marketing_consent, m.enrolled_at, p.first_order_at, p.last_order_at,
        COALESCE(p.orders, 0) AS orders, COALESCE(p.spend, 0) AS spend,
-       CAST(p.spend AS DECIMAL(18, 4)) / CAST(p.orders AS DECIMAL(18, 4)) AS avg_order_value,
+       {_AVG_ORDER_VALUE.format(p="p")} AS avg_order_value,
        COALESCE(p.store_orders, 0) AS store_orders,
        COALESCE(p.orders, 0) - COALESCE(p.store_orders, 0) AS online_orders,
        COALESCE(p.stores, 0) AS stores, m.points,
-       (EPOCH({now}) - EPOCH(p.first_order_at)) // 86400 AS days_since_first_order,
-       (EPOCH({now}) - EPOCH(p.last_order_at)) // 86400 AS days_since_last_order,
-       (EPOCH({now}) - EPOCH(m.enrolled_at)) // 86400 AS tenure_days,
-       CASE WHEN p.orders > 1
-            THEN CAST(EPOCH(p.last_order_at) - EPOCH(p.first_order_at) AS DOUBLE) / 86400 / (p.orders - 1)
-       END AS own_interval
+       (EPOCH({{now}}) - EPOCH(p.first_order_at)) // 86400 AS days_since_first_order,
+       (EPOCH({{now}}) - EPOCH(p.last_order_at)) // 86400 AS days_since_last_order,
+       (EPOCH({{now}}) - EPOCH(m.enrolled_at)) // 86400 AS tenure_days,
+       {_OWN_INTERVAL.format(p="p")} AS own_interval
 FROM member_sources AS m
-LEFT JOIN per_member AS p ON p.member_id = m.member_id
+LEFT JOIN member_order_totals AS p ON p.member_id = m.member_id
 LEFT JOIN store_city AS sc ON sc.code = COALESCE(m.enrolled_store, p.favourite_store)
 """
 """Every active golden member, with or without orders, before the scores."""
@@ -170,6 +201,7 @@ INSERT INTO member_metrics (
   days_since_first_order, days_since_last_order, tenure_days, typical_interval_days, interval_basis, churn_risk,
   r_score, f_score, m_score, aov_score, computed_at
 )
+WITH store_city (code, city) AS (VALUES {stores})
 SELECT v.member_id, tier, city, home_store, home_store_city, birthday, marketing_consent, enrolled_at,
        first_order_at, last_order_at, orders, ROUND(spend, 2), ROUND(avg_order_value, 2), store_orders,
        online_orders, stores, points, days_since_first_order, days_since_last_order, tenure_days, gap, basis,
@@ -181,7 +213,7 @@ FROM (
          CASE WHEN f.orders > 0 THEN COALESCE(f.own_interval, c.avg_gap) END AS gap,
          CASE WHEN f.own_interval IS NOT NULL THEN 'own' WHEN f.orders > 0 AND c.avg_gap IS NOT NULL
               THEN 'chain' END AS basis
-  FROM member_base AS f CROSS JOIN chain_cuts AS c
+  FROM ({base}) AS f CROSS JOIN chain_cuts AS c
 ) AS v
 ORDER BY v.member_id COLLATE "C"
 """
@@ -228,29 +260,33 @@ def cut_points(
     return f"SELECT {', '.join(columns)} FROM {joined}"
 
 
-def scores(measures: Mapping[str, str], *, facts: str = "f", cuts: str = "c", when: str | None = None) -> str:
+def scores(
+    measures: Mapping[str, str], *, facts: str = "f", cuts: str = "c", when: str | None = None
+) -> dict[str, str]:
     """One score expression per measure, in their order: 1 + the cut points ``facts``' value is above
-    (``when``: NULL unless it holds). The statement's column list names them."""
-    columns = []
+    (``when``: NULL unless it holds)."""
+    columns = {}
     for name, column in measures.items():
         above = " + ".join(f"CASE WHEN {facts}.{column} > {cuts}.{name}{s} THEN 1 ELSE 0 END" for s in CUTS)
         score = f"1 + {above}"
-        columns.append(f"CASE WHEN {when} THEN {score} END" if when else score)
-    return ", ".join(columns)
+        columns[name] = f"CASE WHEN {when} THEN {score} END" if when else score
+    return columns
 
 
-WORK_TABLES = ("member_sources", "store_facts", "store_cuts", "member_base", "chain_cuts")
-"""Per-run scratch (temporary tables, the session's own): the members' sources, tiers and points; the
-orders aggregated once per member and store; each store's quintile cut points; the member view before
-its scores; and the chain's cut points."""
+WORK_TABLES = ("changed_members", "member_sources", "store_cuts", "chain_cuts")
+"""Per-run scratch (temporary tables, the session's own): the members whose order sums are
+recomputed; the members' sources, tiers and points; each store's quintile cut points; and the
+chain's cut points."""
+KEPT_TABLES = ("member_store_rfm", "member_order_totals")
+"""The order sums kept between runs (``rebuild`` empties them)."""
 
 
 @dataclass(frozen=True)
 class Step:
     name: str
     sql: str
-    creates: str | None
-    """The temporary table it creates (None: it fills ``member_store_rfm`` or ``member_metrics``)."""
+    fills: str | None = None
+    """The temporary table it fills, which PostgreSQL analyses after it (autovacuum never sees them)."""
     postgres_settings: tuple[str, ...] = ()
     """Planner settings for this statement alone on PostgreSQL."""
 
@@ -259,9 +295,9 @@ PARALLEL = ("parallel_setup_cost = 10", "parallel_tuple_cost = 0.001")
 """Scans and joins of the hub's tables shared with parallel workers: the default costs keep them for
 tables larger than a million members'. (Temporary tables are the session's own: never parallel.)"""
 SORTED_AGGREGATE = ("enable_hashagg = off", *PARALLEL)
-"""The store facts are grouped by sorting, not hashing: 2.4 million groups of numeric sums hash into a
-1.3 GB table, slower than sorting the joined orders in parallel workers, and the sort leaves the facts
-in member order for what reads them next."""
+"""The store facts are grouped by sorting, not hashing: a million members' 2.4 million groups of
+numeric sums hash into a 1.3 GB table, slower than sorting the joined orders in parallel workers, and
+the sort leaves the facts in key order for the index they go into."""
 PLANNER = ("work_mem = '1GB'", "jit = off")
 """The recompute's transaction on PostgreSQL: hash tables and sorts in memory, not on disk; no JIT
 compiling per statement."""
@@ -270,42 +306,60 @@ compiling per statement."""
 def statements(
     session: Session, *, as_of: datetime, default_tier: str, store_cities: Mapping[str, str | None]
 ) -> list[Step]:
-    """The SQL that rebuilds both tables from the orders, in the session's dialect: what ``refresh``
-    runs, in order, after emptying the tables."""
-    postgres = session.get_bind().dialect.name == "postgresql"
-    sold = _SOLD.format(statuses=", ".join(sql.text(s) for s in COUNTED_STATUSES))
+    """The SQL that brings both tables up to date, in the session's dialect: what ``refresh`` runs,
+    in order, after emptying the member view."""
+    dialect = session.get_bind().dialect.name
+    postgres = dialect == "postgresql"
     stores = ", ".join(f"({sql.text(code)}, {sql.text(city)})" for code, city in sorted(store_cities.items()))
     now = sql.timestamp(as_of, session)
-    base = _MEMBER_BASE.format(stores=stores or "(NULL, NULL)", now=now)
+    facts = _STORE_FACTS.format(
+        statuses=", ".join(sql.text(s) for s in COUNTED_STATUSES), store_channel=sql.text(STORE_CHANNEL)
+    )
+    changed = "WHERE member_id IN (SELECT member_id FROM changed_members)"
+    store_cuts = cut_points("member_store_rfm", STORE_MEASURES, group="store_code", percentile=postgres)
+    store_scores = scores(STORE_MEASURES)
+    rescore = _STORE_SCORES.format(
+        assign=", ".join(f"{name}_score = {score}" for name, score in store_scores.items()),
+        moved=" OR ".join(f"COALESCE(f.{name}_score, 0) <> {score}" for name, score in store_scores.items()),
+    )
     sources = _MEMBER_SOURCES.format(default_tier=sql.text(default_tier))
-    store_cuts = cut_points("store_facts", STORE_MEASURES, group="store_code", percentile=postgres)
-    buyers = cut_points("member_base", CHAIN_MEASURES, group=None, percentile=postgres, where="orders > 0")
-    gaps = "SELECT AVG(own_interval) AS avg_gap FROM member_base"
-    facts = _STORE_FACTS.format(sold=sold, store_channel=sql.text(STORE_CHANNEL))
-    members = _MEMBERS.format(now=now, scores=scores(CHAIN_MEASURES, facts="v", cuts="v", when="v.orders > 0"))
+    base = _MEMBER_BASE.format(now=now)
+    every_buyer = f"({sql.render(_BUYERS, session)}) AS buyers"  # cut_points' own SQL is written for both
+    buyers = cut_points(every_buyer, CHAIN_MEASURES, group=None, percentile=postgres)
+    gaps = f"SELECT AVG(own_interval) AS avg_gap FROM {every_buyer}"
+    chain_cuts = f"CREATE TEMPORARY TABLE chain_cuts AS SELECT * FROM ({buyers}) AS cuts CROSS JOIN ({gaps}) AS gaps"
+    chain_scores = scores(CHAIN_MEASURES, facts="v", cuts="v", when="v.orders > 0")
+    members = _MEMBERS.format(
+        now=now, base=base, stores=stores or "(NULL, NULL)", scores=", ".join(chain_scores.values())
+    )
+    steps = [
+        Step("changed members", _CHANGED),
+        Step("queue taken", sql.render(_TAKE_QUEUE[dialect], session), "changed_members"),
+    ]
+    if not postgres:
+        steps.append(Step("queue emptied", "DELETE FROM order_facts_queue"))
     return [
-        Step("member sources", sql.render(sources, session), "member_sources", PARALLEL),
-        Step("store facts", sql.render(facts, session), "store_facts", SORTED_AGGREGATE),
+        *steps,
+        *(Step(f"old sums of {table}", f"DELETE FROM {table} {changed}") for table in KEPT_TABLES),
+        Step("store facts", sql.render(facts, session), postgres_settings=SORTED_AGGREGATE),
+        Step("member totals", sql.render(_MEMBER_TOTALS, session)),
         Step("store cut points", f"CREATE TEMPORARY TABLE store_cuts AS {store_cuts}", "store_cuts"),
-        Step("store RFM", sql.render(_STORE_RFM.format(scores=scores(STORE_MEASURES)), session), None),
-        Step("member base", sql.render(base, session), "member_base"),
-        Step(
-            "chain cut points",
-            f"CREATE TEMPORARY TABLE chain_cuts AS SELECT * FROM ({buyers}) AS cuts CROSS JOIN ({gaps}) AS gaps",
-            "chain_cuts",
-        ),
-        Step("member view", sql.render(members, session), None),
+        Step("store scores", sql.render(rescore, session)),
+        Step("member sources", sql.render(sources, session), "member_sources", PARALLEL),
+        Step("chain cut points", chain_cuts, "chain_cuts"),
+        Step("member view", sql.render(members, session)),
     ]
 
 
 def refresh(session: Session, *, as_of: datetime, default_tier: str, store_cities: Mapping[str, str | None]) -> int:
-    """Rebuild the member view and the per-store RFM as of ``as_of``; returns the members in the view."""
+    """Bring the member view and the per-store RFM up to date as of ``as_of``; returns the members in
+    the view."""
     postgres = session.get_bind().dialect.name == "postgresql"
     if postgres:
         for setting in PLANNER:
             session.execute(text(f"SET LOCAL {setting}"))
-    for table in TABLES:
-        session.execute(text(f"TRUNCATE {table}" if postgres else f"DELETE FROM {table}"))
+    # emptied first: on PostgreSQL TRUNCATE's lock makes a second run wait for this one to commit
+    session.execute(text("TRUNCATE member_metrics" if postgres else "DELETE FROM member_metrics"))
     drop_work_tables(session)
     for step in statements(session, as_of=as_of, default_tier=default_tier, store_cities=store_cities):
         run(session, step)
@@ -313,6 +367,18 @@ def refresh(session: Session, *, as_of: datetime, default_tier: str, store_citie
     if postgres:
         session.execute(text("ANALYZE member_metrics"))
     return int(session.scalar(text("SELECT COUNT(*) FROM member_metrics")) or 0)
+
+
+def rebuild(session: Session) -> None:
+    """Forget the kept order sums and queue every active member: the next run recomputes them all
+    from the orders (what a run after migration 0014_9 does too)."""
+    postgres = session.get_bind().dialect.name == "postgresql"
+    for table in KEPT_TABLES:
+        session.execute(text(f"TRUNCATE {table}" if postgres else f"DELETE FROM {table}"))
+    session.execute(text("DELETE FROM order_facts_queue"))
+    session.execute(
+        text("INSERT INTO order_facts_queue (member_id) SELECT member_id FROM golden_members WHERE status = 'active'")
+    )
 
 
 def run(session: Session, step: Step) -> None:
@@ -324,8 +390,8 @@ def run(session: Session, step: Step) -> None:
     session.execute(text(step.sql))
     for setting in settings:
         session.execute(text(f"SET LOCAL {setting.split('=')[0].strip()} TO DEFAULT"))
-    if postgres and step.creates:  # autovacuum never sees temporary tables: the planner needs their sizes
-        session.execute(text(f"ANALYZE {step.creates}"))
+    if postgres and step.fills:  # autovacuum never sees temporary tables: the planner needs their sizes
+        session.execute(text(f"ANALYZE {step.fills}"))
 
 
 def drop_work_tables(session: Session, tables: tuple[str, ...] = WORK_TABLES) -> None:
