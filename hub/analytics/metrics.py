@@ -308,6 +308,7 @@ def statements(
 ) -> list[Step]:
     """The SQL that brings both tables up to date, in the session's dialect: what ``refresh`` runs,
     in order, after emptying the member view."""
+    sql.dialect_of(session)  # SQLite or PostgreSQL, or a clear error
     dialect = session.get_bind().dialect.name
     postgres = dialect == "postgresql"
     stores = ", ".join(f"({sql.text(code)}, {sql.text(city)})" for code, city in sorted(store_cities.items()))
