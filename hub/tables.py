@@ -690,7 +690,7 @@ class MemberMetrics(Base):
 
 class MemberStoreRfm(Base):
     """RFM per store: a member's recency, frequency and spend at one store, scored among that store's
-    buyers. The facts are kept between runs and recomputed for the members ``order_facts_queue``
+    buyers. The facts are kept between runs and recomputed for the members ``member_facts_queue``
     names; every run scores them again (the scores are NULL only inside a run, between the two)."""
 
     __tablename__ = "member_store_rfm"
@@ -724,14 +724,29 @@ class MemberOrderTotals(Base):
     favourite_store: Mapped[str] = mapped_column(String(32))
 
 
-class OrderFactsQueueRow(Base):
-    """Whose order facts to recompute: a golden member (``member_id``) or a source customer (``source``,
-    ``member_source_id``: whoever it belongs to when the run reads it). Database triggers (migration
-    0014_9) add a row when an order is inserted, updated or deleted, a link is made, moved or removed,
-    or a golden member's status changes; a segments run takes the rows it reads away in its own
-    transaction. No foreign keys: what was deleted must stay queued."""
+class MemberSourceFacts(Base):
+    """What the source systems and the tier history say of an active golden member, kept with the
+    order sums (the member view's definitions, hub/segments.yaml): the latest tier assigned (None: the
+    programme's default), marketing consent, the store and time of the earliest enrolment."""
 
-    __tablename__ = "order_facts_queue"
+    __tablename__ = "member_source_facts"
+
+    member_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    tier: Mapped[str | None] = mapped_column(String(32))
+    marketing_consent: Mapped[bool | None] = mapped_column(Boolean)
+    enrolled_store: Mapped[str | None] = mapped_column(String(32))
+    enrolled_at: Mapped[datetime | None] = mapped_column()
+
+
+class MemberFactsQueueRow(Base):
+    """Whose kept facts to recompute: a golden member (``member_id``) or a source customer (``source``,
+    ``member_source_id``: whoever it belongs to when the run reads it). Database triggers (migration
+    0014_9) add a row when an order or a staged member is inserted, updated or deleted, a link is
+    made, moved or removed, a tier is assigned, or a golden member's status changes; a segments run
+    takes the rows it reads away in its own transaction. No foreign keys: what was deleted must stay
+    queued."""
+
+    __tablename__ = "member_facts_queue"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     member_id: Mapped[str | None] = mapped_column(String(16))

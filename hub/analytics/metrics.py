@@ -2,16 +2,17 @@
 store in ``member_store_rfm``, brought up to date by set-based statements inside the database
 (``statements``).
 
-The orders are summed per member and store (``member_store_rfm``) and per member
-(``member_order_totals``), and those sums are kept between runs: database triggers queue whoever's
-orders, links or golden status changed (``order_facts_queue``, migration 0014_9), and a run
-recomputes the sums of those members only. Then each store's quintile cut points are taken and the
-per-store rows whose scores moved are re-scored; the members' sources, tiers and points are gathered
-from the hub's tables; the member view is written whole (day counts move with ``as_of``, and cut
-points whenever anyone buys), with the chain-wide cut points taken from the members who bought.
-``rebuild`` forgets the kept sums and queues every member, for a run that recomputes all of them. A
-change to what counts (``COUNTED_STATUSES``, ``STORE_CHANNEL``, the sums' definitions) changes every
-kept sum: it ships with a migration that queues every member, as 0014_9 does.
+A member's facts are kept between runs: the orders summed per store (``member_store_rfm``) and
+per member (``member_order_totals``), and what the source systems and the tier history say of them
+(``member_source_facts``). Database triggers queue whoever's orders, staged records, links, tiers or
+golden status changed (``member_facts_queue``, migration 0014_9), and a run recomputes the facts of
+those members only. Then each store's quintile cut points are taken and the per-store rows whose
+scores moved are re-scored; the member view is written whole from the kept facts, the golden
+records and the points balances (day counts move with ``as_of``, and cut points whenever anyone
+buys), with the chain-wide cut points taken from the members who bought.
+``rebuild`` forgets the kept facts and queues every member, for a run that recomputes all of them. A
+change to what counts (``COUNTED_STATUSES``, ``STORE_CHANNEL``, the facts' definitions) changes every
+kept fact: it ships with a migration that queues every member, as 0014_9 does.
 
 Definitions (the same in hub/segments.yaml, where segment rules read them):
 
@@ -73,10 +74,10 @@ JOIN member_links AS l ON l.staged_member_id = s.id
 """The golden members the queue names: by id, or as the owner of a queued customer now."""
 _TAKE_QUEUE = {
     # the rows read are the rows deleted: what a transaction committed meanwhile stays queued
-    "postgresql": "WITH taken AS (DELETE FROM order_facts_queue RETURNING member_id, source, member_source_id) "
+    "postgresql": "WITH taken AS (DELETE FROM member_facts_queue RETURNING member_id, source, member_source_id) "
     "INSERT INTO changed_members " + _QUEUED_MEMBERS.format(queue="taken"),
     # SQLite has one writer, and the run already holds the write lock (it emptied the view first)
-    "sqlite": "INSERT INTO changed_members " + _QUEUED_MEMBERS.format(queue="order_facts_queue"),
+    "sqlite": "INSERT INTO changed_members " + _QUEUED_MEMBERS.format(queue="member_facts_queue"),
 }
 
 _STORE_FACTS = """
@@ -138,31 +139,48 @@ WHERE c.store_code = f.store_code AND ({moved})
 """
 """Only the rows whose scores moved are written."""
 
-_MEMBER_SOURCES = """
-CREATE TEMPORARY TABLE member_sources AS
+_SOURCE_FACTS = """
+INSERT INTO member_source_facts (member_id, tier, marketing_consent, enrolled_store, enrolled_at)
 WITH sources AS (
   SELECT l.member_id,
          SUM(CASE WHEN s.marketing_consent = TRUE THEN 1 ELSE 0 END) AS said_yes,
          SUM(CASE WHEN s.marketing_consent = FALSE THEN 1 ELSE 0 END) AS said_no,
          MIN(s.store_code) AS enrolled_store, MIN(s.created_at) AS enrolled_at
-  FROM staged_members AS s JOIN member_links AS l ON l.staged_member_id = s.id
+  FROM changed_members AS c
+  JOIN member_links AS l ON l.member_id = c.member_id
+  JOIN staged_members AS s ON s.id = l.staged_member_id
   GROUP BY l.member_id
 ),
 latest_tier AS (
   SELECT t.member_id, t.tier FROM tier_assignments AS t
-  JOIN (SELECT member_id, MAX(id) AS id FROM tier_assignments GROUP BY member_id) AS x ON x.id = t.id
+  JOIN (
+    SELECT a.member_id, MAX(a.id) AS id
+    FROM changed_members AS c JOIN tier_assignments AS a ON a.member_id = c.member_id
+    GROUP BY a.member_id
+  ) AS x ON x.id = t.id
 )
-SELECT g.member_id, COALESCE(lt.tier, {default_tier}) AS tier, g.city, g.birthday,
-       CASE WHEN src.said_no > 0 THEN FALSE WHEN src.said_yes > 0 THEN TRUE END AS marketing_consent,
-       src.enrolled_store, COALESCE(src.enrolled_at, g.created_at) AS enrolled_at, COALESCE(a.balance, 0) AS points
-FROM golden_members AS g
+SELECT g.member_id, lt.tier,
+       CASE WHEN src.said_no > 0 THEN FALSE WHEN src.said_yes > 0 THEN TRUE END,
+       src.enrolled_store, src.enrolled_at
+FROM changed_members AS c
+JOIN golden_members AS g ON g.member_id = c.member_id AND g.status = 'active'
 LEFT JOIN sources AS src ON src.member_id = g.member_id
 LEFT JOIN latest_tier AS lt ON lt.member_id = g.member_id
+ORDER BY g.member_id COLLATE "C"
+"""
+"""The changed members' latest tier, consent and earliest enrolment, as their source systems say."""
+
+_MEMBER_SOURCES = """
+CREATE TEMPORARY TABLE member_sources AS
+SELECT g.member_id, COALESCE(f.tier, {default_tier}) AS tier, g.city, g.birthday, f.marketing_consent,
+       f.enrolled_store, COALESCE(f.enrolled_at, g.created_at) AS enrolled_at, COALESCE(a.balance, 0) AS points
+FROM golden_members AS g
+LEFT JOIN member_source_facts AS f ON f.member_id = g.member_id
 LEFT JOIN points_accounts AS a ON a.member_id = g.member_id
 WHERE g.status = 'active'
 """
-"""Every active golden member with what the source systems and the ledger say of them: read from the
-hub's own tables only, so PostgreSQL may share the joins with parallel workers."""
+"""Every active golden member with its kept source facts and its points: read from the hub's own
+tables only, so PostgreSQL may share the joins with parallel workers."""
 
 _AVG_ORDER_VALUE = "CAST({p}.spend AS DECIMAL(18, 4)) / CAST({p}.orders AS DECIMAL(18, 4))"
 _OWN_INTERVAL = """CASE WHEN {p}.orders > 1
@@ -274,11 +292,11 @@ def scores(
 
 
 WORK_TABLES = ("changed_members", "member_sources", "store_cuts", "chain_cuts")
-"""Per-run scratch (temporary tables, the session's own): the members whose order sums are
-recomputed; the members' sources, tiers and points; each store's quintile cut points; and the
+"""Per-run scratch (temporary tables, the session's own): the members whose kept facts are
+recomputed; every member's source facts, tier and points; each store's quintile cut points; and the
 chain's cut points."""
-KEPT_TABLES = ("member_store_rfm", "member_order_totals")
-"""The order sums kept between runs (``rebuild`` empties them)."""
+KEPT_TABLES = ("member_store_rfm", "member_order_totals", "member_source_facts")
+"""The facts kept between runs (``rebuild`` empties them)."""
 
 
 @dataclass(frozen=True)
@@ -298,9 +316,10 @@ SORTED_AGGREGATE = ("enable_hashagg = off", *PARALLEL)
 """The store facts are grouped by sorting, not hashing: a million members' 2.4 million groups of
 numeric sums hash into a 1.3 GB table, slower than sorting the joined orders in parallel workers, and
 the sort leaves the facts in key order for the index they go into."""
-PLANNER = ("work_mem = '1GB'", "jit = off")
+PLANNER = ("work_mem = '1GB'", "jit = off", "random_page_cost = 1.1")
 """The recompute's transaction on PostgreSQL: hash tables and sorts in memory, not on disk; no JIT
-compiling per statement."""
+compiling per statement; index lookups priced as the cached pages they mostly are, so a day's few
+thousand changed members are looked up by index instead of by scanning a million rows."""
 
 
 def statements(
@@ -338,12 +357,13 @@ def statements(
         Step("queue taken", sql.render(_TAKE_QUEUE[dialect], session), "changed_members"),
     ]
     if not postgres:
-        steps.append(Step("queue emptied", "DELETE FROM order_facts_queue"))
+        steps.append(Step("queue emptied", "DELETE FROM member_facts_queue"))
     return [
         *steps,
-        *(Step(f"old sums of {table}", f"DELETE FROM {table} {changed}") for table in KEPT_TABLES),
+        *(Step(f"old facts in {table}", f"DELETE FROM {table} {changed}") for table in KEPT_TABLES),
         Step("store facts", sql.render(facts, session), postgres_settings=SORTED_AGGREGATE),
         Step("member totals", sql.render(_MEMBER_TOTALS, session)),
+        Step("source facts", sql.render(_SOURCE_FACTS, session)),
         Step("store cut points", f"CREATE TEMPORARY TABLE store_cuts AS {store_cuts}", "store_cuts"),
         Step("store scores", sql.render(rescore, session)),
         Step("member sources", sql.render(sources, session), "member_sources", PARALLEL),
@@ -371,14 +391,14 @@ def refresh(session: Session, *, as_of: datetime, default_tier: str, store_citie
 
 
 def rebuild(session: Session) -> None:
-    """Forget the kept order sums and queue every active member: the next run recomputes them all
-    from the orders (what a run after migration 0014_9 does too)."""
+    """Forget the kept facts and queue every active member: the next run recomputes them all (what
+    a run after migration 0014_9 does too)."""
     postgres = session.get_bind().dialect.name == "postgresql"
     for table in KEPT_TABLES:
         session.execute(text(f"TRUNCATE {table}" if postgres else f"DELETE FROM {table}"))
-    session.execute(text("DELETE FROM order_facts_queue"))
+    session.execute(text("DELETE FROM member_facts_queue"))
     session.execute(
-        text("INSERT INTO order_facts_queue (member_id) SELECT member_id FROM golden_members WHERE status = 'active'")
+        text("INSERT INTO member_facts_queue (member_id) SELECT member_id FROM golden_members WHERE status = 'active'")
     )
 
 

@@ -1,7 +1,8 @@
-"""The order sums kept between segment runs (``member_store_rfm``, ``member_order_totals``): whatever
-changes — orders added, refunded, moved or deleted, links made, moved or removed, golden members
-leaving and coming back — the triggers queue exactly the members it touched, and a run that
-recomputes only those gives the same per-store RFM, totals and member view as recomputing everyone
+"""The member facts kept between segment runs (``member_store_rfm``, ``member_order_totals``,
+``member_source_facts``): whatever changes — orders added, refunded, moved or deleted, links made,
+moved or removed, golden members leaving and coming back, consent and enrolment changing in a source
+system, tiers assigned, customers enrolling — the triggers queue exactly the members it touched, and a
+run that recomputes only those gives the same kept facts and member view as recomputing everyone
 (``metrics.rebuild``). A sequence of random changes per example (hypothesis), SQLite and PostgreSQL."""
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from test_segments_world import AS_OF, build
 from hub import segments
 from hub.analytics import metrics
 from hub.db import session_scope
-from hub.tables import GoldenMember, MemberLink, SourceRecordRow, StagedMember, StagedOrder
+from hub.tables import GoldenMember, MemberLink, SourceRecordRow, StagedMember, StagedOrder, TierAssignmentRow
 
 PROPERTY = settings(
     max_examples=int(os.environ.get("MEMBERHUB_PROPERTY_EXAMPLES", "40")) // 4,
@@ -30,7 +31,12 @@ PROPERTY = settings(
     database=None,
 )
 NEW = itertools.count()
-KEPT = {"member_store_rfm": ("member_id", "store_code"), "member_order_totals": ("member_id",), "member_metrics": ("member_id",)}  # fmt: skip
+KEPT = {
+    "member_store_rfm": ("member_id", "store_code"),
+    "member_order_totals": ("member_id",),
+    "member_source_facts": ("member_id",),
+    "member_metrics": ("member_id",),
+}
 
 
 def _owner(session, source: str, source_id: str | None) -> set[str]:
@@ -139,12 +145,53 @@ def rename_only(session, rng: random.Random) -> set[str]:
     return set()
 
 
-CHANGES = [new_order, refund, delete_order, move_order, relink, unlink, link_late, set_status, rename_only]
+def change_consent(session, rng: random.Random) -> set[str]:
+    """A source system's consent or enrolment store changes (a staged member updated by staging)."""
+    staged = rng.choice(list(session.scalars(select(StagedMember).order_by(StagedMember.id))))
+    consent = rng.choice([v for v in (True, False, None) if v is not staged.marketing_consent])
+    store = rng.choice([None, "SH01", "GZ01"])
+    session.execute(
+        update(StagedMember).where(StagedMember.id == staged.id).values(marketing_consent=consent, store_code=store)
+    )
+    return _owner(session, staged.source, staged.source_id)
+
+
+def new_tier(session, rng: random.Random) -> set[str]:
+    member_id = rng.choice(_active(session))
+    tier = rng.choice(["regular", "silver", "gold"])
+    session.add(TierAssignmentRow(member_id=member_id, tier=tier, qualifying_amount=Decimal(0), reason="upgrade"))
+    session.flush()
+    return {member_id}
+
+
+def enrol(session, rng: random.Random) -> set[str]:
+    """A new customer record in a source system, linked to an existing member as the resolver would."""
+    number = next(NEW)
+    record = SourceRecordRow(
+        source="sheet", stream="members", external_id=f"enrol-{number}", payload={}, content_hash="x"
+    )
+    session.add(record)
+    session.flush()
+    staged = StagedMember(source_record_id=record.id, source="sheet", source_id=f"enrol-{number}", channel="pos",
+                          marketing_consent=rng.choice([True, False, None]), store_code=rng.choice([None, "BJ01"]),
+                          created_at=AS_OF - timedelta(days=rng.randint(1, 2000)))  # fmt: skip
+    session.add(staged)
+    session.flush()
+    member_id = rng.choice(_active(session))
+    session.add(MemberLink(staged_member_id=staged.id, member_id=member_id, rule="test"))
+    session.flush()
+    return {member_id}
+
+
+CHANGES = [
+    new_order, refund, delete_order, move_order, relink, unlink, link_late, set_status, rename_only, change_consent,
+    new_tier, enrol,
+]  # fmt: skip
 
 
 def queued(session) -> set[str]:
     """The members the queue names, resolved as a run resolves them."""
-    query = metrics._QUEUED_MEMBERS.format(queue="order_facts_queue")
+    query = metrics._QUEUED_MEMBERS.format(queue="member_facts_queue")
     return set(session.scalars(text(query)))
 
 
