@@ -53,6 +53,9 @@ KEYS = {
 COUNTS = {"staged_orders": "{row}.member_source_id IS NOT NULL"}
 """Rows that name nobody: an order without a customer."""
 EVENTS = {"INSERT": ("NEW",), "UPDATE": ("OLD", "NEW"), "DELETE": ("OLD",)}
+FIXED_KEYS = ("staged_members", "tier_assignments")
+"""Tables whose key columns an update never changes (a staged member stays its source's customer, an
+assignment its member's): an update queues the new rows only, and PostgreSQL keeps no copy of the old."""
 STATUS_CHANGED = (
     "SELECT n.member_id FROM new_rows n JOIN old_rows o ON o.seq = n.seq WHERE o.status IS DISTINCT FROM n.status"
 )
@@ -136,6 +139,8 @@ def _create_triggers(bind: sa.Connection) -> None:
         for event, rows in EVENTS.items():
             name = _name(table, event)
             status = table == "golden_members" and event == "UPDATE"
+            if event == "UPDATE" and table in FIXED_KEYS:
+                rows = ("NEW",)
             if bind.dialect.name == "postgresql":
                 selects = [
                     f"SELECT {', '.join(keys)} FROM {row.lower()}_rows"
@@ -147,8 +152,7 @@ def _create_triggers(bind: sa.Connection) -> None:
                     f"INSERT INTO member_facts_queue ({columns}) {STATUS_CHANGED if status else ' UNION '.join(selects)}; "
                     "RETURN NULL; END $$"
                 )
-                transitions = {"INSERT": "NEW TABLE AS new_rows", "DELETE": "OLD TABLE AS old_rows"}
-                referencing = transitions.get(event, "OLD TABLE AS old_rows NEW TABLE AS new_rows")
+                referencing = " ".join(f"{row} TABLE AS {row.lower()}_rows" for row in rows)
                 bind.exec_driver_sql(
                     f"CREATE TRIGGER {name} AFTER {event} ON {table} REFERENCING {referencing} "
                     f"FOR EACH STATEMENT EXECUTE FUNCTION {name}()"
