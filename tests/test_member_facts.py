@@ -3,7 +3,8 @@
 moved or removed, golden members leaving and coming back, consent and enrolment changing in a source
 system, tiers assigned, customers enrolling — the triggers queue exactly the members it touched, and a
 run that recomputes only those gives the same kept facts and member view as recomputing everyone
-(``metrics.rebuild``). A sequence of random changes per example (hypothesis), SQLite and PostgreSQL."""
+(``metrics.rebuild``). A sequence of random changes per example (hypothesis), SQLite and PostgreSQL.
+A hub upgraded to migration 0014_9 with members already in it computes all of them on its first run."""
 
 from __future__ import annotations
 
@@ -14,15 +15,25 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from alembic import command
+from alembic.script import ScriptDirectory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import delete, select, text, update
-from test_segments_world import AS_OF, build
+from test_segments_world import AS_OF, build, expected_view
 
 from hub import segments
 from hub.analytics import metrics
-from hub.db import session_scope
-from hub.tables import GoldenMember, MemberLink, SourceRecordRow, StagedMember, StagedOrder, TierAssignmentRow
+from hub.db import alembic_config, engine_for, session_scope, upgrade
+from hub.tables import (
+    GoldenMember,
+    MemberLink,
+    MemberMetrics,
+    SourceRecordRow,
+    StagedMember,
+    StagedOrder,
+    TierAssignmentRow,
+)
 
 PROPERTY = settings(
     max_examples=int(os.environ.get("MEMBERHUB_PROPERTY_EXAMPLES", "40")) // 4,
@@ -243,4 +254,37 @@ def test_recomputing_only_the_queued_members_equals_recomputing_everyone(built, 
         metrics.rebuild(session)
     recompute(built)
     with session_scope(built) as session:
+        assert snapshot(session) == kept
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def before_0014(request: pytest.FixtureRequest, tmp_path) -> str:
+    """A hub database migrated up to every head but 0014_9: what an upgrade finds."""
+    url = f"sqlite:///{tmp_path / 'hub.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    config = alembic_config(url)
+    with engine_for(url).begin() as connection:
+        config.attributes["connection"] = connection
+        for head in ScriptDirectory.from_config(config).get_heads():
+            if head != "0014_9":
+                command.upgrade(config, head)
+    return url
+
+
+def test_an_upgraded_hub_computes_every_members_facts_on_its_first_run(before_0014):
+    with session_scope(before_0014) as session:
+        world = build(session, members=30, seed=7)
+    upgrade(before_0014)
+    recompute(before_0014)
+    want = expected_view(world)
+    with session_scope(before_0014) as session:
+        assert queued(session) == set()
+        view = {row.member_id: row for row in session.scalars(select(MemberMetrics))}
+        assert set(view) == set(want)
+        for member_id, expected in want.items():
+            for column in ("tier", "marketing_consent", "home_store", "orders", "stores", "f_score", "m_score"):
+                assert getattr(view[member_id], column) == expected[column], f"{member_id}.{column}"
+        kept = snapshot(session)
+        metrics.rebuild(session)
+    recompute(before_0014)
+    with session_scope(before_0014) as session:
         assert snapshot(session) == kept
