@@ -710,7 +710,8 @@ class MemberStoreRfm(Base):
 class MemberOrderTotals(Base):
     """A buyer's orders summed over their stores (``member_store_rfm``), kept with it: what the member
     view reads instead of every per-store row. ``favourite_store``: most orders, then the latest, then
-    the lowest code."""
+    the lowest code. Average order value and the buyer's own gap between orders are kept with them,
+    so a run computes neither again for a million members."""
 
     __tablename__ = "member_order_totals"
 
@@ -722,6 +723,8 @@ class MemberOrderTotals(Base):
     last_order_at: Mapped[datetime] = mapped_column()
     stores: Mapped[int] = mapped_column(Integer)
     favourite_store: Mapped[str] = mapped_column(String(32))
+    avg_order_value: Mapped[float] = mapped_column(Numeric(asdecimal=False), doc="unrounded: what scores compare")
+    own_interval: Mapped[float | None] = mapped_column(doc="days between first and last order / (orders − 1)")
 
 
 class MemberSourceFacts(Base):

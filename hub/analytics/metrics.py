@@ -103,20 +103,26 @@ ORDER BY member_id COLLATE "C", store_code COLLATE "C"
 """
 """The changed members' orders per store, in key order (index inserts append)."""
 
-_MEMBER_TOTALS = """
+_AVG_ORDER_VALUE = "CAST({p}.spend AS DECIMAL(18, 4)) / CAST({p}.orders AS DECIMAL(18, 4))"
+_OWN_INTERVAL = """CASE WHEN {p}.orders > 1
+  THEN CAST(EPOCH({p}.last_order_at) - EPOCH({p}.first_order_at) AS DOUBLE) / 86400 / ({p}.orders - 1) END"""
+"""A buyer's own typical gap between orders, in days (the churn basis when they have one)."""
+_MEMBER_TOTALS = f"""
 INSERT INTO member_order_totals (
-  member_id, orders, store_orders, spend, first_order_at, last_order_at, stores, favourite_store
+  member_id, orders, store_orders, spend, first_order_at, last_order_at, stores, favourite_store,
+  avg_order_value, own_interval
 )
-SELECT member_id, total_orders, store_orders, total_spend, first_of_all, last_of_all, stores, store_code
+SELECT member_id, orders, store_orders, spend, first_order_at, last_order_at, stores, store_code,
+       {_AVG_ORDER_VALUE.format(p="ranked")}, {_OWN_INTERVAL.format(p="ranked")}
 FROM (
   SELECT r.member_id, r.store_code,
          ROW_NUMBER() OVER (
            PARTITION BY r.member_id COLLATE "C" ORDER BY r.orders DESC, r.last_order_at DESC, r.store_code COLLATE "C"
          ) AS n,
-         SUM(r.orders) OVER (PARTITION BY r.member_id COLLATE "C") AS total_orders,
-         SUM(r.spend) OVER (PARTITION BY r.member_id COLLATE "C") AS total_spend,
-         MIN(r.first_order_at) OVER (PARTITION BY r.member_id COLLATE "C") AS first_of_all,
-         MAX(r.last_order_at) OVER (PARTITION BY r.member_id COLLATE "C") AS last_of_all,
+         SUM(r.orders) OVER (PARTITION BY r.member_id COLLATE "C") AS orders,
+         SUM(r.spend) OVER (PARTITION BY r.member_id COLLATE "C") AS spend,
+         MIN(r.first_order_at) OVER (PARTITION BY r.member_id COLLATE "C") AS first_order_at,
+         MAX(r.last_order_at) OVER (PARTITION BY r.member_id COLLATE "C") AS last_order_at,
          COUNT(*) OVER (PARTITION BY r.member_id COLLATE "C") AS stores,
          SUM(r.pos_orders) OVER (PARTITION BY r.member_id COLLATE "C") AS store_orders
   FROM member_store_rfm AS r JOIN changed_members AS c ON c.member_id = r.member_id
@@ -124,7 +130,8 @@ FROM (
 WHERE n = 1
 ORDER BY member_id COLLATE "C"
 """
-"""The changed members' per-store sums summed again, with the favourite store."""
+"""The changed members' per-store sums summed again, with the favourite store, average order value and
+own gap between orders."""
 
 STORE_MEASURES = {"r": "last_order_at", "f": "orders", "m": "spend"}
 CHAIN_MEASURES = {**STORE_MEASURES, "aov": "avg_order_value"}
@@ -182,30 +189,21 @@ WHERE g.status = 'active'
 """Every active golden member with its kept source facts and its points: read from the hub's own
 tables only, so PostgreSQL may share the joins with parallel workers."""
 
-_AVG_ORDER_VALUE = "CAST({p}.spend AS DECIMAL(18, 4)) / CAST({p}.orders AS DECIMAL(18, 4))"
-_OWN_INTERVAL = """CASE WHEN {p}.orders > 1
-  THEN CAST(EPOCH({p}.last_order_at) - EPOCH({p}.first_order_at) AS DOUBLE) / 86400 / ({p}.orders - 1) END"""
-"""A buyer's own typical gap between orders, in days (the churn basis when they have one)."""
-_BUYERS = f"""
-SELECT p.last_order_at, p.orders, p.spend, {_AVG_ORDER_VALUE.format(p="p")} AS avg_order_value,
-       {_OWN_INTERVAL.format(p="p")} AS own_interval
-FROM member_order_totals AS p
-"""
+_BUYERS = "SELECT last_order_at, orders, spend, avg_order_value, own_interval FROM member_order_totals"
 """Every member with at least one order (totals are kept for active members only): what the chain's
 cut points and average gap are taken from."""
 
-_MEMBER_BASE = f"""
+_MEMBER_BASE = """
 SELECT m.member_id, m.tier, m.city, COALESCE(m.enrolled_store, p.favourite_store) AS home_store,
        sc.city AS home_store_city, m.birthday, m.marketing_consent, m.enrolled_at, p.first_order_at, p.last_order_at,
-       COALESCE(p.orders, 0) AS orders, COALESCE(p.spend, 0) AS spend,
-       {_AVG_ORDER_VALUE.format(p="p")} AS avg_order_value,
+       COALESCE(p.orders, 0) AS orders, COALESCE(p.spend, 0) AS spend, p.avg_order_value,
        COALESCE(p.store_orders, 0) AS store_orders,
        COALESCE(p.orders, 0) - COALESCE(p.store_orders, 0) AS online_orders,
        COALESCE(p.stores, 0) AS stores, m.points,
-       (EPOCH({{now}}) - EPOCH(p.first_order_at)) // 86400 AS days_since_first_order,
-       (EPOCH({{now}}) - EPOCH(p.last_order_at)) // 86400 AS days_since_last_order,
-       (EPOCH({{now}}) - EPOCH(m.enrolled_at)) // 86400 AS tenure_days,
-       {_OWN_INTERVAL.format(p="p")} AS own_interval
+       (EPOCH({now}) - EPOCH(p.first_order_at)) // 86400 AS days_since_first_order,
+       (EPOCH({now}) - EPOCH(p.last_order_at)) // 86400 AS days_since_last_order,
+       (EPOCH({now}) - EPOCH(m.enrolled_at)) // 86400 AS tenure_days,
+       p.own_interval
 FROM member_sources AS m
 LEFT JOIN member_order_totals AS p ON p.member_id = m.member_id
 LEFT JOIN store_city AS sc ON sc.code = COALESCE(m.enrolled_store, p.favourite_store)

@@ -95,6 +95,8 @@ def upgrade() -> None:
         sa.Column("last_order_at", When, nullable=False),
         sa.Column("stores", sa.Integer(), nullable=False),
         sa.Column("favourite_store", sa.String(32), nullable=False),
+        sa.Column("avg_order_value", sa.Numeric(), nullable=False),
+        sa.Column("own_interval", sa.Float()),
         sa.PrimaryKeyConstraint("member_id", name=op.f("pk_member_order_totals")),
     )
     op.create_table(
