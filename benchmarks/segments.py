@@ -7,7 +7,8 @@ three times: the first run sums every member's orders (nothing is kept yet) and 
 their segments, the second is the steady state in which nobody moves and no order changed, the third
 follows a day of change (a day later, 1% of members with a new order each, whose sums are recomputed).
 Between runs the tables a run wrote are vacuumed, as autovacuum would between daily runs (otherwise
-it vacuums the first run's 1.7 million new rows during the second run's timing).
+it vacuums the first run's 1.7 million new rows during the second run's timing; and a server with
+autovacuum off would leave the queue's millions of taken rows for every later run to scan).
 Run: ``.venv/bin/python benchmarks/segments.py [--members N] [--orders-per-member F] [--schema NAME]``;
 ``--schema`` keeps the generated data in that schema and reuses it on the next run (the segment tables,
 the kept order sums and the day's orders are reset first), so the million members are generated once.
@@ -147,7 +148,8 @@ def main() -> None:
             print(f"{label}: {seconds:.1f} s for {counts.members:,} members, {len(definitions.segments)} segments "
                   f"(entered {counts.entered:,}, left {counts.left:,}; client CPU {cpu:.1f} s)")  # fmt: skip
             with admin.connect() as connection:  # what autovacuum does between daily runs, outside the timing
-                for table in ("segment_memberships", "segment_history", "segment_runs", *metrics.KEPT_TABLES):
+                for table in ("segment_memberships", "segment_history", "segment_runs", *metrics.KEPT_TABLES,
+                              "member_facts_queue"):  # fmt: skip
                     connection.execute(text(f'VACUUM ANALYZE "{schema}".{table}'))
         print("segment sizes: " + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.sizes.items())))
     finally:
