@@ -3,15 +3,15 @@ hub/segments.yaml for 1,000,000 members on PostgreSQL. Target: at most 30 s.
 
 The members, their links, orders, tiers and balances are generated inside PostgreSQL with
 ``INSERT ... SELECT generate_series`` (a scratch schema, dropped at the end), then the recompute runs
-three times: the first run sums every member's orders (nothing is kept yet) and puts everyone into
+three times: the first run computes every member's facts (nothing is kept yet) and puts everyone into
 their segments, the second is the steady state in which nobody moves and no order changed, the third
-follows a day of change (a day later, 1% of members with a new order each, whose sums are recomputed).
+follows a day of change (a day later, 1% of members with a new order each, whose facts are recomputed).
 Between runs the tables a run wrote are vacuumed, as autovacuum would between daily runs (otherwise
 it vacuums the first run's 1.7 million new rows during the second run's timing; and a server with
 autovacuum off would leave the queue's millions of taken rows for every later run to scan).
 Run: ``.venv/bin/python benchmarks/segments.py [--members N] [--orders-per-member F] [--schema NAME]``;
 ``--schema`` keeps the generated data in that schema and reuses it on the next run (the segment tables,
-the kept order sums and the day's orders are reset first), so the million members are generated once.
+the kept member facts and the day's orders are reset first), so the million members are generated once.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ RESET = [
     *(f"TRUNCATE {table}" for table in ("segment_memberships", "segment_history", "segment_runs", "member_metrics")),
 ]
 """Back to before the first run: the day's orders gone, no segment, no view (and ``metrics.rebuild``:
-no kept order sums, every member queued)."""
+no kept member facts, every member queued)."""
 
 
 def generated(url: str) -> bool:

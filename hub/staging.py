@@ -306,10 +306,10 @@ def _mark_staged(session: Session, rows: Sequence[Any]) -> None:
 
 
 def _existing(session: Session, model: Any, ids: list[int], claims: Claims) -> dict[int, int]:
-    """source record id -> primary key of the row already staged (or quarantined) for it. Nothing
-    is looked up when the table was empty when the run started: a run stages each record once, so the rows it wrote
-    itself are other records' (and a first load skips a lookup that, without statistics on the
-    fresh table, PostgreSQL answers with a scan of it)."""
+    """source record id -> primary key of the row already staged (or quarantined) for it. Nothing is
+    looked up when the table was empty when the run started: a run stages each record once, so the
+    rows it wrote itself are other records' (and a first load skips a lookup that, without statistics
+    on the fresh table, PostgreSQL answers with a scan of it)."""
     if claims.table_was_empty(session, model):
         return {}
     if _postgres(session):  # one array parameter instead of an IN list of thousands

@@ -103,17 +103,14 @@ ORDER BY member_id COLLATE "C", store_code COLLATE "C"
 """
 """The changed members' orders per store, in key order (index inserts append)."""
 
-_AVG_ORDER_VALUE = "CAST({p}.spend AS DECIMAL(18, 4)) / CAST({p}.orders AS DECIMAL(18, 4))"
-_OWN_INTERVAL = """CASE WHEN {p}.orders > 1
-  THEN CAST(EPOCH({p}.last_order_at) - EPOCH({p}.first_order_at) AS DOUBLE) / 86400 / ({p}.orders - 1) END"""
-"""A buyer's own typical gap between orders, in days (the churn basis when they have one)."""
-_MEMBER_TOTALS = f"""
+_MEMBER_TOTALS = """
 INSERT INTO member_order_totals (
   member_id, orders, store_orders, spend, first_order_at, last_order_at, stores, favourite_store,
   avg_order_value, own_interval
 )
 SELECT member_id, orders, store_orders, spend, first_order_at, last_order_at, stores, store_code,
-       {_AVG_ORDER_VALUE.format(p="ranked")}, {_OWN_INTERVAL.format(p="ranked")}
+       CAST(spend AS DECIMAL(18, 4)) / CAST(orders AS DECIMAL(18, 4)),
+       CASE WHEN orders > 1 THEN CAST(EPOCH(last_order_at) - EPOCH(first_order_at) AS DOUBLE) / 86400 / (orders - 1) END
 FROM (
   SELECT r.member_id, r.store_code,
          ROW_NUMBER() OVER (
@@ -130,8 +127,9 @@ FROM (
 WHERE n = 1
 ORDER BY member_id COLLATE "C"
 """
-"""The changed members' per-store sums summed again, with the favourite store, average order value and
-own gap between orders."""
+"""The changed members' per-store sums summed again, with the favourite store, the unrounded average
+order value, and the buyer's own typical gap between orders in days (the churn basis when they have
+one)."""
 
 STORE_MEASURES = {"r": "last_order_at", "f": "orders", "m": "spend"}
 CHAIN_MEASURES = {**STORE_MEASURES, "aov": "avg_order_value"}
@@ -323,8 +321,8 @@ thousand changed members are looked up by index instead of by scanning a million
 def statements(
     session: Session, *, as_of: datetime, default_tier: str, store_cities: Mapping[str, str | None]
 ) -> list[Step]:
-    """The SQL that brings both tables up to date, in the session's dialect: what ``refresh`` runs,
-    in order, after emptying the member view."""
+    """The SQL that brings the kept facts, the per-store RFM and the member view up to date, in the
+    session's dialect: what ``refresh`` runs, in order, after emptying the member view."""
     sql.dialect_of(session)  # SQLite or PostgreSQL, or a clear error
     dialect = session.get_bind().dialect.name
     postgres = dialect == "postgresql"

@@ -3,8 +3,8 @@
 Until now every segments run read all orders again into per-store facts, rewrote all of
 ``member_store_rfm``, and gathered every member's tier, consent and enrolment again. Now they are
 kept between runs: ``member_store_rfm`` each member's orders per store, ``member_order_totals`` the
-same summed per member, and ``member_source_facts`` what the source systems and the tier history say
-of them. A run recomputes them only for the members ``member_facts_queue`` names, then re-scores
+same summed per member (with the average order value and the buyer's own gap between orders), and
+``member_source_facts`` what the source systems and the tier history say of them. A run recomputes them only for the members ``member_facts_queue`` names, then re-scores
 the per-store rows against the stores' new cut points.
 
 Triggers fill the queue in the same transaction as the change, as ``resolution_queue``'s do
